@@ -1,0 +1,326 @@
+//! Configuration files: YAML parsed into resolved types (socket addresses, CIDRs, durations,
+//! absolute paths, loaded keys) before anything starts.
+//!
+//! Unknown keys and YAML errors stop parsing at the first one, with its line and column;
+//! every value problem after that is collected, so one run lists all of them with their keys.
+
+pub mod agent;
+pub mod logger;
+pub mod server;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use agent::AgentConfig;
+pub use logger::LoggerConfig;
+pub use server::ServerConfig;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, for example `gateways[0].allow[1]`; empty for file-level errors.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// A config file that could not be used, with every problem found in it.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the problems are in.
+    pub file: PathBuf,
+    /// The problems, in file order where known.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config file {}:", self.file.display())?;
+        for problem in &self.problems {
+            if problem.key.is_empty() {
+                write!(f, "\n  - {}", problem.message)?;
+            } else {
+                write!(f, "\n  - {}: {}", problem.key, problem.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while a raw config is resolved.
+pub(crate) struct Problems {
+    file: PathBuf,
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    pub(crate) fn new(file: &Path) -> Self {
+        Self {
+            file: file.to_owned(),
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Returns `value` when no problem was recorded.
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.list.is_empty() {
+            return Ok(value);
+        }
+        Err(ConfigError {
+            file: self.file,
+            problems: self.list,
+        })
+    }
+
+    /// Parses a duration such as `10s`, `500ms` or `2m`.
+    pub(crate) fn duration(&mut self, key: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value.trim()) {
+            Ok(duration) if !duration.is_zero() => duration,
+            Ok(_) => {
+                self.push(key, format!("duration `{value}` must be greater than zero"));
+                Duration::from_secs(1)
+            }
+            Err(error) => {
+                self.push(
+                    key,
+                    format!("invalid duration `{value}` ({error}); write it like `10s`, `500ms` or `2m`"),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    /// Parses a literal socket address such as `127.0.0.1:7000` or `[::1]:7000`.
+    pub(crate) fn socket_addr(&mut self, key: &str, value: &str) -> SocketAddr {
+        match value.trim().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.push(
+                    key,
+                    format!("invalid listen address `{value}`; write an IP address and port such as `0.0.0.0:7000` or `[::]:7000`"),
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        }
+    }
+
+    /// Checks a `host:port` endpoint whose host may be a DNS name resolved later.
+    pub(crate) fn endpoint(&mut self, key: &str, value: &str) -> Endpoint {
+        match Endpoint::parse(value) {
+            Some(endpoint) => endpoint,
+            None => {
+                self.push(
+                    key,
+                    format!("invalid address `{value}`; write `host:port` such as `10.0.0.5:3306`, `db.internal:5432` or `[fd00::5]:443`"),
+                );
+                Endpoint {
+                    host: String::new(),
+                    port: 0,
+                }
+            }
+        }
+    }
+
+    /// Checks a gateway, agent or service name.
+    pub(crate) fn name(&mut self, key: &str, kind: &str, value: &str) {
+        if let Err(error) = crate::protocol::handshake::validate_name(kind, value) {
+            self.push(key, error.to_string());
+        }
+    }
+}
+
+/// A `host:port` pair; the host is resolved again on every connection attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// DNS name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `host:port` or `[v6]:port`; returns `None` for a missing host or a bad port.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        let (host, port) = value.rsplit_once(':')?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']')?,
+            None if host.contains(':') => return None,
+            None => host,
+        };
+        let port = port.parse::<u16>().ok().filter(|port| *port != 0)?;
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return None;
+        }
+        Some(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Settings of the thread-per-core runtime, shared by both configs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Number of shards (one pinned thread each); 0 or absent means one per CPU core.
+    #[serde(default)]
+    pub shards: usize,
+}
+
+/// Heartbeat settings, shared by both configs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    #[serde(default = "default_heartbeat_interval")]
+    pub interval: String,
+    #[serde(default = "default_heartbeat_timeout")]
+    pub timeout: String,
+}
+
+impl Default for RawHeartbeat {
+    fn default() -> Self {
+        Self {
+            interval: default_heartbeat_interval(),
+            timeout: default_heartbeat_timeout(),
+        }
+    }
+}
+
+fn default_heartbeat_interval() -> String {
+    "10s".into()
+}
+
+fn default_heartbeat_timeout() -> String {
+    "30s".into()
+}
+
+/// Resolved heartbeat settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Idle time after which a ping is sent.
+    pub interval: Duration,
+    /// Silence after which the peer is declared dead.
+    pub timeout: Duration,
+}
+
+impl Problems {
+    pub(crate) fn heartbeat(&mut self, raw: &RawHeartbeat) -> Heartbeat {
+        let interval = self.duration("heartbeat.interval", &raw.interval);
+        let timeout = self.duration("heartbeat.timeout", &raw.timeout);
+        if timeout <= interval {
+            self.push(
+                "heartbeat.timeout",
+                format!(
+                    "timeout `{}` must be longer than interval `{}` (three intervals is usual)",
+                    raw.timeout, raw.interval
+                ),
+            );
+        }
+        Heartbeat { interval, timeout }
+    }
+}
+
+/// Number of shards to run: `configured`, or one per available core when 0.
+pub fn shard_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism()
+        .map(|cores| cores.get())
+        .unwrap_or(1)
+}
+
+/// Reads and parses a YAML file into `T`, turning every failure into a [`ConfigError`].
+pub(crate) fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+    let single = |message: String| ConfigError {
+        file: file.to_owned(),
+        problems: vec![Problem {
+            key: String::new(),
+            message,
+        }],
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| single(format!("cannot read the file: {error}")))?;
+    serde_yaml_ng::from_str(&text).map_err(|error| {
+        single(format!(
+            "{error}; compare the file with the commented example shipped in configs/"
+        ))
+    })
+}
+
+/// Resolves `value` against `root` unless it is absolute.
+pub(crate) fn resolve_path(root: &Path, value: &str) -> PathBuf {
+    let path = Path::new(value);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        root.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(
+            Endpoint::parse("db.internal:5432"),
+            Some(Endpoint {
+                host: "db.internal".into(),
+                port: 5432
+            })
+        );
+        assert_eq!(Endpoint::parse("[fd00::5]:443").unwrap().host, "fd00::5");
+        assert_eq!(
+            Endpoint::parse("[fd00::5]:443").unwrap().to_string(),
+            "[fd00::5]:443"
+        );
+        for bad in [
+            "",
+            "host",
+            ":80",
+            "host:0",
+            "host:70000",
+            "fd00::5:443",
+            "[fd00::5:443",
+        ] {
+            assert_eq!(Endpoint::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_and_addresses_are_collected() {
+        let mut problems = Problems::new(Path::new("test.yaml"));
+        problems.duration("a", "ten seconds");
+        problems.duration("b", "0s");
+        problems.socket_addr("c", "localhost:80");
+        assert_eq!(problems.duration("d", "250ms"), Duration::from_millis(250));
+        let error = problems.finish(()).unwrap_err();
+        let keys: Vec<_> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert!(error.to_string().contains("test.yaml"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The Server's config (`configs/server.yaml`): listen addresses, TLS files, limits and the
+//! gateways with their keys, Agent allowlists and services.
+//!
+//! Relative paths resolve against the folder that holds the config file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::logger::RawLogger;
+use super::{
+    read_yaml, resolve_path, ConfigError, Heartbeat, LoggerConfig, Problems, RawHeartbeat,
+    RawRuntime,
+};
+use crate::keys::{self, PublicKey};
+use crate::tls::TlsFiles;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: String,
+    tls: RawTls,
+    #[serde(default)]
+    runtime: RawRuntime,
+    #[serde(default)]
+    heartbeat: RawHeartbeat,
+    #[serde(default = "default_handshake_timeout")]
+    handshake_timeout: String,
+    #[serde(default = "default_max_unauthenticated")]
+    max_unauthenticated: usize,
+    #[serde(default = "default_min_key_bits")]
+    min_key_bits: usize,
+    #[serde(default = "default_drain_timeout")]
+    drain_timeout: String,
+    #[serde(default)]
+    log: RawLogger,
+    #[serde(default)]
+    gateways: Vec<RawGateway>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    id: String,
+    public_keys: Vec<String>,
+    allow: Vec<String>,
+    #[serde(default)]
+    services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    listen: String,
+}
+
+fn default_handshake_timeout() -> String {
+    "10s".into()
+}
+fn default_max_unauthenticated() -> usize {
+    256
+}
+fn default_min_key_bits() -> usize {
+    keys::MIN_KEY_BITS
+}
+fn default_drain_timeout() -> String {
+    "30s".into()
+}
+
+/// Resolved Server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the Agents dial.
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub shards: usize,
+    pub heartbeat: Heartbeat,
+    /// Time limit from TCP accept to Welcome.
+    pub handshake_timeout: Duration,
+    /// Cap on connections that have not finished the handshake, per shard.
+    pub max_unauthenticated: usize,
+    /// Smallest RSA modulus accepted for Agent keys.
+    pub min_key_bits: usize,
+    /// How long in-flight streams may run after SIGTERM before the sessions close.
+    pub drain_timeout: Duration,
+    pub log: LoggerConfig,
+    pub gateways: Vec<Gateway>,
+}
+
+/// A gateway: the Agents allowed to serve it and the services it exposes.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub id: String,
+    /// Registered keys; any of them may sign, which allows rotation.
+    pub public_keys: Vec<PublicKey>,
+    /// Source networks an Agent of this gateway may connect from.
+    pub allow: Vec<IpNet>,
+    pub services: Vec<Service>,
+}
+
+impl Gateway {
+    /// Reports whether `addr` is inside the allowlist.
+    pub fn allows(&self, addr: std::net::IpAddr) -> bool {
+        let addr = canonical_ip(addr);
+        self.allow.iter().any(|net| net.contains(&addr))
+    }
+}
+
+/// Maps an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, seen on dual-stack listeners) to IPv4.
+pub fn canonical_ip(addr: std::net::IpAddr) -> std::net::IpAddr {
+    match addr {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+/// A service of a gateway and its entry address on the Server.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+impl ServerConfig {
+    /// Loads `file`, resolving relative paths against its folder and loading every public key.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let raw: Raw = read_yaml(file)?;
+        let root = std::path::absolute(file)
+            .ok()
+            .and_then(|file| file.parent().map(Path::to_owned))
+            .unwrap_or_else(|| PathBuf::from("."));
+        resolve(raw, file, &root)
+    }
+}
+
+fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigError> {
+    let mut problems = Problems::new(file);
+    let listen = problems.socket_addr("listen", &raw.listen);
+    let heartbeat = problems.heartbeat(&raw.heartbeat);
+    let handshake_timeout = problems.duration("handshake_timeout", &raw.handshake_timeout);
+    let drain_timeout = problems.duration("drain_timeout", &raw.drain_timeout);
+    if raw.max_unauthenticated == 0 {
+        problems.push("max_unauthenticated", "must be at least 1");
+    }
+    if !(keys::MIN_KEY_BITS..=keys::MAX_KEY_BITS).contains(&raw.min_key_bits) {
+        problems.push(
+            "min_key_bits",
+            format!(
+                "{} is out of range; use {} to {}",
+                raw.min_key_bits,
+                keys::MIN_KEY_BITS,
+                keys::MAX_KEY_BITS
+            ),
+        );
+    }
+    let log = LoggerConfig::resolve(&raw.log, root, &mut problems, "log.");
+
+    let mut gateway_ids = HashSet::new();
+    let mut listen_addrs = HashSet::from([listen]);
+    let mut gateways = Vec::new();
+    for (index, raw_gateway) in raw.gateways.iter().enumerate() {
+        let key = format!("gateways[{index}]");
+        problems.name(&format!("{key}.id"), "gateway id", &raw_gateway.id);
+        if !gateway_ids.insert(raw_gateway.id.clone()) {
+            problems.push(
+                format!("{key}.id"),
+                format!("gateway `{}` is listed twice", raw_gateway.id),
+            );
+        }
+
+        let mut public_keys = Vec::new();
+        for (key_index, path) in raw_gateway.public_keys.iter().enumerate() {
+            match PublicKey::load(&resolve_path(root, path), raw.min_key_bits) {
+                Ok(public_key) => public_keys.push(public_key),
+                Err(error) => {
+                    problems.push(format!("{key}.public_keys[{key_index}]"), error.to_string())
+                }
+            }
+        }
+        if raw_gateway.public_keys.is_empty() {
+            problems.push(
+                format!("{key}.public_keys"),
+                "no public key is registered, so no Agent could log in; add the path of the Agent's public.pem",
+            );
+        }
+
+        let mut allow = Vec::new();
+        for (net_index, net) in raw_gateway.allow.iter().enumerate() {
+            match parse_cidr(net) {
+                Some(net) => allow.push(net),
+                None => problems.push(
+                    format!("{key}.allow[{net_index}]"),
+                    format!("invalid network `{net}`; write a CIDR such as `203.0.113.0/24`, `2001:db8::/32` or a single address"),
+                ),
+            }
+        }
+        if raw_gateway.allow.is_empty() {
+            problems.push(
+                format!("{key}.allow"),
+                "the Agent IP allowlist is empty, so every Agent would be rejected; list the networks your Agents connect from",
+            );
+        }
+
+        let mut services = Vec::new();
+        let mut service_names = HashSet::new();
+        for (service_index, service) in raw_gateway.services.iter().enumerate() {
+            let service_key = format!("{key}.services[{service_index}]");
+            problems.name(
+                &format!("{service_key}.name"),
+                "service name",
+                &service.name,
+            );
+            if !service_names.insert(service.name.clone()) {
+                problems.push(
+                    format!("{service_key}.name"),
+                    format!("service `{}` is listed twice in this gateway", service.name),
+                );
+            }
+            let service_listen =
+                problems.socket_addr(&format!("{service_key}.listen"), &service.listen);
+            if !listen_addrs.insert(service_listen) {
+                problems.push(
+                    format!("{service_key}.listen"),
+                    format!("address {service_listen} is already used by the Agent port or another service; pick a free port"),
+                );
+            }
+            services.push(Service {
+                name: service.name.clone(),
+                listen: service_listen,
+            });
+        }
+
+        gateways.push(Gateway {
+            id: raw_gateway.id.clone(),
+            public_keys,
+            allow,
+            services,
+        });
+    }
+
+    let config = ServerConfig {
+        listen,
+        tls: TlsFiles {
+            ca: resolve_path(root, &raw.tls.ca),
+            cert: resolve_path(root, &raw.tls.cert),
+            key: resolve_path(root, &raw.tls.key),
+        },
+        shards: raw.runtime.shards,
+        heartbeat,
+        handshake_timeout,
+        max_unauthenticated: raw.max_unauthenticated,
+        min_key_bits: raw.min_key_bits,
+        drain_timeout,
+        log,
+        gateways,
+    };
+    problems.finish(config)
+}
+
+/// Parses a CIDR, or a single address as a host network (/32 or /128).
+fn parse_cidr(value: &str) -> Option<IpNet> {
+    let value = value.trim();
+    if let Ok(net) = value.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    value.parse::<std::net::IpAddr>().ok().map(IpNet::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_parses() {
+        // The example refers to key and TLS files the demo creates; only key loading may fail.
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/server.yaml");
+        match ServerConfig::load(&file) {
+            Ok(config) => assert!(!config.gateways.is_empty()),
+            Err(error) => {
+                for problem in &error.problems {
+                    assert!(problem.key.contains("public_keys"), "{error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cidrs_and_single_addresses() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(parse_cidr("10.0.0.0/33"), None);
+        assert_eq!(parse_cidr("ten"), None);
+    }
+
+    #[test]
+    fn allowlist_matches_mapped_ipv4() {
+        let gateway = Gateway {
+            id: "gw".into(),
+            public_keys: Vec::new(),
+            allow: vec![
+                parse_cidr("127.0.0.0/8").unwrap(),
+                parse_cidr("fd00::/8").unwrap(),
+            ],
+            services: Vec::new(),
+        };
+        assert!(gateway.allows("127.0.0.1".parse().unwrap()));
+        assert!(gateway.allows("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(gateway.allows("fd00::1".parse().unwrap()));
+        assert!(!gateway.allows("10.0.0.1".parse().unwrap()));
+        assert!(!gateway.allows("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.yaml");
+        std::fs::write(
+            &file,
+            "listen: 'localhost:7000'\ntls: {ca: ca.pem, cert: s.pem, key: s.key}\nmin_key_bits: 512\n\
+             gateways:\n  - id: gw\n    public_keys: [missing.pem]\n    allow: ['10.0.0.0/40']\n\
+             \x20   services:\n      - {name: a, listen: '127.0.0.1:9000'}\n      - {name: a, listen: '127.0.0.1:9000'}\n",
+        )
+        .unwrap();
+        let error = ServerConfig::load(&file).unwrap_err();
+        let keys: Vec<_> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "listen",
+            "min_key_bits",
+            "gateways[0].public_keys[0]",
+            "gateways[0].allow[0]",
+            "gateways[0].services[1].name",
+            "gateways[0].services[1].listen",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Harness for the end-to-end tests: real `ipaas-server` and `ipaas-agent` processes with
+//! TLS material from `ipaas-server pki`, RSA keys from the `openssl` command, and real
+//! services, all on 127.0.0.1.
+//!
+//! Every process a test starts is a [`Process`], which sends SIGTERM to its own pid (and
+//! SIGKILL after a grace period) when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_ipaas-server");
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_ipaas-agent");
+
+/// A child process that is stopped by pid when dropped.
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command) -> Self {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        Self {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit; returns whether it exited.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        signal(self.pid(), libc_sigterm());
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.is_running() && !self.terminate(Duration::from_secs(5)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn libc_sigterm() -> &'static str {
+    "TERM"
+}
+
+/// Sends a signal to one pid with the `kill` command.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status();
+}
+
+/// A free TCP port on 127.0.0.1 (the listener is closed before the port is used).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command and panics with its output when it fails.
+pub fn run(command: &mut Command) -> String {
+    let output = command.output().expect("command must start");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Creates `private.pem` and `public.pem` in `dir` with the commands users run.
+pub fn openssl_keys(dir: &Path, bits: u32) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    run(Command::new("openssl")
+        .args(["genrsa", "-out", "private.pem", &bits.to_string()])
+        .current_dir(dir)
+        .stderr(Stdio::null()));
+    run(Command::new("openssl")
+        .args([
+            "rsa",
+            "-in",
+            "private.pem",
+            "-RSAPublicKey_out",
+            "-out",
+            "public.pem",
+        ])
+        .current_dir(dir)
+        .stderr(Stdio::null()));
+    (dir.join("private.pem"), dir.join("public.pem"))
+}
+
+/// A gateway as the Server's config lists it.
+pub struct GatewaySpec {
+    pub id: String,
+    pub public_keys: Vec<PathBuf>,
+    pub allow: Vec<String>,
+    /// Service name and entry port.
+    pub services: Vec<(String, u16)>,
+}
+
+/// A working folder with a PKI, a running Server and any number of Agents.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub agent_port: u16,
+    pub server: Option<Process>,
+    pub agents: Vec<Process>,
+}
+
+impl Env {
+    /// Creates the folder and the PKI.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        run(Command::new(SERVER_BIN)
+            .args(["pki", "init", "--dir"])
+            .arg(dir.path().join("server/pki")));
+        Self {
+            dir,
+            agent_port: free_port(),
+            server: None,
+            agents: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn server_log(&self) -> PathBuf {
+        self.path("server/server.log")
+    }
+
+    /// Writes the Server config and starts the Server.
+    pub fn start_server(&mut self, gateways: &[GatewaySpec]) {
+        let mut yaml = format!(
+            "listen: \"127.0.0.1:{}\"\ntls: {{ca: pki/ca.pem, cert: pki/server.pem, key: pki/server.key}}\n\
+             runtime: {{shards: 2}}\nheartbeat: {{interval: 1s, timeout: 3s}}\ndrain_timeout: 5s\n\
+             log: {{level: \"info,ipaas_gateway=debug\", file: server.log}}\ngateways:\n",
+            self.agent_port
+        );
+        for gateway in gateways {
+            yaml += &format!("  - id: {}\n    public_keys:\n", gateway.id);
+            for key in &gateway.public_keys {
+                yaml += &format!("      - \"{}\"\n", key.display());
+            }
+            yaml += "    allow:\n";
+            for net in &gateway.allow {
+                yaml += &format!("      - \"{net}\"\n");
+            }
+            yaml += "    services:\n";
+            for (name, port) in &gateway.services {
+                yaml += &format!("      - {{name: {name}, listen: \"127.0.0.1:{port}\"}}\n");
+            }
+        }
+        std::fs::write(self.path("server/server.yaml"), yaml).unwrap();
+        let console = std::fs::File::create(self.path("server/console.log")).unwrap();
+        self.server = Some(Process::spawn(
+            "ipaas-server",
+            Command::new(SERVER_BIN)
+                .args(["run", "--config", "server.yaml"])
+                .current_dir(self.path("server"))
+                .stdout(Stdio::null())
+                .stderr(console),
+        ));
+    }
+
+    /// Lays out an Agent package named `name`, writes its config and starts the Agent.
+    pub fn start_agent(
+        &mut self,
+        name: &str,
+        gateway_id: &str,
+        private_key: &Path,
+        services: &[(&str, String)],
+    ) -> PathBuf {
+        let root = self.path(&format!("agents/{name}"));
+        std::fs::create_dir_all(root.join("configs/secret")).unwrap();
+        run(Command::new(SERVER_BIN)
+            .args(["pki", "issue-agent", "--gateway", gateway_id, "--dir"])
+            .arg(self.path("server/pki"))
+            .arg("--out")
+            .arg(root.join("configs/client")));
+        std::fs::copy(private_key, root.join("configs/secret/private.pem")).unwrap();
+
+        let mut yaml = format!(
+            "server: {{address: \"127.0.0.1:{}\", tls_name: localhost}}\ngateway_id: {gateway_id}\nagent_name: {name}\n\
+             runtime: {{shards: 2}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\nservices:\n",
+            self.agent_port
+        );
+        for (service, target) in services {
+            yaml += &format!("  - {{name: {service}, target: \"{target}\"}}\n");
+        }
+        std::fs::write(root.join("configs/config.yaml"), yaml).unwrap();
+        std::fs::write(
+            root.join("configs/logger_config.yaml"),
+            "level: \"info,ipaas_gateway=debug\"\nfile: log/agent.log\n",
+        )
+        .unwrap();
+
+        let console = std::fs::File::create(root.join("console.log")).unwrap();
+        self.agents.push(Process::spawn(
+            "ipaas-agent",
+            Command::new(AGENT_BIN)
+                .arg("--config")
+                .arg(root.join("configs/config.yaml"))
+                .stdout(Stdio::null())
+                .stderr(console),
+        ));
+        root
+    }
+}
+
+/// Reads a log file, or an empty string if it does not exist yet.
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits until `path` contains `needle`; panics with the file's content after `limit`.
+pub fn wait_for_log(path: &Path, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = read_log(path);
+        if text.contains(needle) {
+            return text;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{} does not contain `{needle}` after {limit:?}:\n{text}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Counts the lines of `path` that contain `needle`.
+pub fn count_in_log(path: &Path, needle: &str) -> usize {
+    read_log(path)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .count()
+}
+
+/// A TCP service in this test process: each connection is handled on its own thread.
+pub struct TestService {
+    pub port: u16,
+}
+
+impl TestService {
+    pub fn start(handler: fn(TcpStream)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || handler(stream));
+            }
+        });
+        Self { port }
+    }
+
+    pub fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Echoes every byte until EOF, then half-closes.
+pub fn echo(mut stream: TcpStream) {
+    let mut buffer = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buffer[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Connects to an entry port, retrying until the gateway routes it (an Agent is logged in)
+/// and a request through `probe` succeeds.
+pub fn wait_until_routed(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            if stream.write_all(b"ping").is_ok() && stream.shutdown(Shutdown::Write).is_ok() {
+                let mut reply = Vec::new();
+                if stream.read_to_end(&mut reply).is_ok() && reply == b"ping" {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("entry port {port} did not relay to the echo service within {limit:?}");
+}
+
+/// Polls `check` every 100 ms until it returns true; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within {limit:?}");
+}
+
+/// Reports whether a connection to `port` is closed by the far side within `limit`
+/// without any byte arriving.
+pub fn closed_without_data(port: u16, limit: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return true;
+    };
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut buffer = [0u8; 64];
+    matches!(stream.read(&mut buffer), Ok(0))
+        || matches!(stream.read(&mut buffer), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
