@@ -13,6 +13,15 @@ use common::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
+on_every_backend!(
+    wrong_key_is_rejected,
+    unknown_gateway_is_rejected,
+    address_outside_allowlist_is_rejected,
+    service_missing_from_agent_is_reset,
+    key_of_1024_bits_works_with_warning,
+    start_and_stop_scripts,
+);
+
 fn single_gateway(
     env: &mut Env,
     public_key: &std::path::Path,
@@ -30,9 +39,8 @@ fn single_gateway(
     }]);
 }
 
-#[test]
-fn wrong_key_is_rejected() {
-    let mut env = Env::new();
+fn wrong_key_is_rejected(backends: Backends) {
+    let mut env = Env::new(backends);
     let (_, registered) = openssl_keys(&env.path("registered"), 2048);
     let (other_private, _) = openssl_keys(&env.path("other"), 2048);
     let entry = free_port();
@@ -62,9 +70,8 @@ fn wrong_key_is_rejected() {
     assert!(closed_without_data(entry, Duration::from_secs(5)));
 }
 
-#[test]
-fn unknown_gateway_is_rejected() {
-    let mut env = Env::new();
+fn unknown_gateway_is_rejected(backends: Backends) {
+    let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     single_gateway(&mut env, &public, "127.0.0.0/8", &[("echo", free_port())]);
     let root = env.start_agent(
@@ -86,9 +93,8 @@ fn unknown_gateway_is_rejected() {
     );
 }
 
-#[test]
-fn address_outside_allowlist_is_rejected() {
-    let mut env = Env::new();
+fn address_outside_allowlist_is_rejected(backends: Backends) {
+    let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     single_gateway(&mut env, &public, "127.0.0.2/32", &[("echo", free_port())]);
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", "127.0.0.1:9".into())]);
@@ -107,9 +113,8 @@ fn address_outside_allowlist_is_rejected() {
     assert!(server_log.contains("127.0.0.1"), "{server_log}");
 }
 
-#[test]
-fn service_missing_from_agent_is_reset() {
-    let mut env = Env::new();
+fn service_missing_from_agent_is_reset(backends: Backends) {
+    let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let (echo_entry, ghost_entry) = (free_port(), free_port());
@@ -146,9 +151,8 @@ fn service_missing_from_agent_is_reset() {
     );
 }
 
-#[test]
-fn key_of_1024_bits_works_with_warning() {
-    let mut env = Env::new();
+fn key_of_1024_bits_works_with_warning(backends: Backends) {
+    let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 1024);
     let service = TestService::start(echo);
     let entry = free_port();
@@ -162,9 +166,8 @@ fn key_of_1024_bits_works_with_warning() {
     assert!(server_log.contains("below 2048 bits"), "{server_log}");
 }
 
-#[test]
-fn start_and_stop_scripts() {
-    let mut env = Env::new();
+fn start_and_stop_scripts(backends: Backends) {
+    let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let entry = free_port();

@@ -12,12 +12,19 @@ use std::time::Duration;
 use common::*;
 use sha2::{Digest, Sha256};
 
+on_every_backend!(
+    http_64_mib_download_is_byte_exact,
+    redis_keep_alive_and_new_connections,
+    half_close_still_gets_the_reply,
+    two_hundred_concurrent_echo_streams,
+);
+
 const STARTUP: Duration = Duration::from_secs(20);
 
 /// Starts a Server with one gateway `gw` and an Agent serving `services`; returns the env
 /// and the entry port of each service, in order.
-fn gateway_with(services: &[(&str, String)]) -> (Env, Vec<u16>) {
-    let mut env = Env::new();
+fn gateway_with(backends: Backends, services: &[(&str, String)]) -> (Env, Vec<u16>) {
+    let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let ports: Vec<u16> = services.iter().map(|_| free_port()).collect();
     env.start_server(&[GatewaySpec {
@@ -34,8 +41,7 @@ fn gateway_with(services: &[(&str, String)]) -> (Env, Vec<u16>) {
     (env, ports)
 }
 
-#[test]
-fn http_64_mib_download_is_byte_exact() {
+fn http_64_mib_download_is_byte_exact(backends: Backends) {
     let www = tempfile::tempdir().unwrap();
     let mut content = vec![0u8; 64 * 1024 * 1024];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -63,7 +69,7 @@ fn http_64_mib_download_is_byte_exact() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    let (env, ports) = gateway_with(&[("web", format!("127.0.0.1:{http_port}"))]);
+    let (env, ports) = gateway_with(backends, &[("web", format!("127.0.0.1:{http_port}"))]);
     let url = format!("http://127.0.0.1:{}/big.bin", ports[0]);
     let output = env.path("download.bin");
 
@@ -128,10 +134,9 @@ fn resp(args: &[&str]) -> String {
     command
 }
 
-#[test]
-fn redis_keep_alive_and_new_connections() {
+fn redis_keep_alive_and_new_connections(backends: Backends) {
     let (_redis, redis_port) = start_redis();
-    let (_env, ports) = gateway_with(&[("redis", format!("127.0.0.1:{redis_port}"))]);
+    let (_env, ports) = gateway_with(backends, &[("redis", format!("127.0.0.1:{redis_port}"))]);
     let entry = ports[0];
     wait_for("a redis PING through the gateway", STARTUP, || {
         Command::new("redis-cli")
@@ -207,10 +212,9 @@ fn digest_after_eof(mut stream: TcpStream) {
     let _ = stream.write_all(reply.as_bytes());
 }
 
-#[test]
-fn half_close_still_gets_the_reply() {
+fn half_close_still_gets_the_reply(backends: Backends) {
     let service = TestService::start(digest_after_eof);
-    let (_env, ports) = gateway_with(&[("digest", service.target())]);
+    let (_env, ports) = gateway_with(backends, &[("digest", service.target())]);
     let request: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
     let expected = format!("{} {:x}\n", request.len(), Sha256::digest(&request));
 
@@ -232,10 +236,9 @@ fn half_close_still_gets_the_reply() {
     assert_eq!(reply, expected);
 }
 
-#[test]
-fn two_hundred_concurrent_echo_streams() {
+fn two_hundred_concurrent_echo_streams(backends: Backends) {
     let service = TestService::start(echo);
-    let (_env, ports) = gateway_with(&[("echo", service.target())]);
+    let (_env, ports) = gateway_with(backends, &[("echo", service.target())]);
     let entry = ports[0];
     wait_until_routed(entry, STARTUP);
 

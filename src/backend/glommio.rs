@@ -136,3 +136,44 @@ fn raise_memlock_limit() {
         }
     }
 }
+
+/// Checks that io_uring and a glommio executor can start on this host.
+pub fn probe() -> Result<(), String> {
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup writes at most `sizeof(struct io_uring_params)` (120 bytes)
+    // into `params`; a returned descriptor is closed right away.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let error = io::Error::last_os_error();
+        let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .map(|value| value.trim().to_owned())
+            .unwrap_or_default();
+        return Err(match error.raw_os_error() {
+            Some(libc::ENOSYS) => "the kernel has no io_uring support (ENOSYS)".into(),
+            Some(libc::EPERM) if disabled == "1" || disabled == "2" => {
+                format!("kernel.io_uring_disabled is {disabled}, so io_uring_setup returned EPERM")
+            }
+            Some(libc::EPERM) => {
+                "io_uring_setup was denied with EPERM, as a seccomp profile such as Docker's default does".into()
+            }
+            _ => format!("io_uring_setup failed: {error}"),
+        });
+    }
+    // SAFETY: `fd` is a descriptor this function just received and owns.
+    unsafe { libc::close(fd as i32) };
+
+    raise_memlock_limit();
+    let started = std::thread::spawn(|| {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(IO_MEMORY)
+            .make()
+            .map(drop)
+            .map_err(|error| error.to_string())
+    })
+    .join();
+    match started {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("glommio could not start an executor: {error}")),
+        Err(_) => Err("glommio panicked while starting an executor".into()),
+    }
+}

@@ -7,6 +7,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod glommio;
+pub mod tokio;
 
 use std::future::Future;
 use std::io;
@@ -99,28 +100,114 @@ pub async fn timeout<R: Runtime, T>(
     .await
 }
 
-/// Runs `shard_main` on `shards` threads of the io_uring backend and waits for them.
-pub fn run_shards<F, Fut>(shards: usize, name: &str, shard_main: F) -> anyhow::Result<()>
-where
-    F: Fn(RuntimeHandle) -> Fut + Send + Sync + Clone + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    #[cfg(target_os = "linux")]
-    {
-        glommio::run(shards, name, shard_main)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (shards, name, shard_main);
-        anyhow::bail!(
-            "this platform has no io_uring backend and the tokio backend is not built yet"
-        )
+/// The backend a config or the command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// io_uring where the host allows it, tokio otherwise.
+    #[default]
+    Auto,
+    /// io_uring (glommio); starting fails where it is unavailable.
+    #[value(name = "io_uring")]
+    IoUring,
+    /// tokio, on every platform.
+    Tokio,
+}
+
+impl BackendChoice {
+    /// Parses the config spelling: `auto`, `io_uring` or `tokio`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "auto" => Some(Self::Auto),
+            "io_uring" => Some(Self::IoUring),
+            "tokio" => Some(Self::Tokio),
+            _ => None,
+        }
     }
 }
 
-/// The backend the binaries run on.
-#[cfg(target_os = "linux")]
-pub type RuntimeHandle = glommio::Glommio;
+/// A backend that can run shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    IoUring,
+    Tokio,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::IoUring => "io_uring",
+            Self::Tokio => "tokio",
+        })
+    }
+}
+
+/// Chooses the backend for `choice`; returns it with the reason, for the startup log.
+pub fn select(choice: BackendChoice) -> anyhow::Result<(Backend, String)> {
+    match choice {
+        BackendChoice::Tokio => Ok((Backend::Tokio, "runtime.backend is tokio".into())),
+        BackendChoice::IoUring => match probe_io_uring() {
+            Ok(()) => Ok((Backend::IoUring, "runtime.backend is io_uring".into())),
+            Err(reason) => anyhow::bail!(
+                "runtime.backend is io_uring, but io_uring is unavailable on this host: {reason}; \
+                 set runtime.backend to auto or tokio (or pass --backend tokio)"
+            ),
+        },
+        BackendChoice::Auto => match probe_io_uring() {
+            Ok(()) => Ok((Backend::IoUring, "io_uring is available".into())),
+            Err(reason) => Ok((
+                Backend::Tokio,
+                format!("io_uring is unavailable ({reason})"),
+            )),
+        },
+    }
+}
+
+/// Checks that io_uring works here: the `io_uring_setup` system call, then a glommio
+/// executor with the settings the shards use (locked memory included).
+pub fn probe_io_uring() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        self::glommio::probe()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err("io_uring exists only on Linux".into())
+    }
+}
+
+/// The body of a shard, generic over the backend that runs it.
+pub trait ShardMain: Send + Sync + 'static {
+    /// Runs one shard until it stops.
+    fn run<R: Runtime>(
+        self: std::sync::Arc<Self>,
+        runtime: R,
+    ) -> impl Future<Output = ()> + 'static;
+}
+
+/// Runs `main` on `shards` threads of `backend` and waits for all of them.
+pub fn launch<M: ShardMain>(
+    backend: Backend,
+    shards: usize,
+    name: &str,
+    main: std::sync::Arc<M>,
+) -> anyhow::Result<()> {
+    match backend {
+        #[cfg(target_os = "linux")]
+        Backend::IoUring => self::glommio::run(shards, name, move |runtime| {
+            std::sync::Arc::clone(&main).run(runtime)
+        }),
+        #[cfg(not(target_os = "linux"))]
+        Backend::IoUring => anyhow::bail!("io_uring exists only on Linux"),
+        Backend::Tokio => self::tokio::run(shards, name, move |runtime| {
+            std::sync::Arc::clone(&main).run(runtime)
+        }),
+    }
+}
+
+/// Whether every shard can bind the same listening address and the kernel spreads
+/// connections across them (`SO_REUSEPORT` on Linux). Elsewhere only shard 0 listens and
+/// connections reach other shards by handoff.
+pub const SHARED_LISTENERS: bool = cfg!(target_os = "linux");
 
 /// Installs a SIGINT/SIGTERM handler and returns the receiver every shard watches: it
 /// disconnects on the first signal. A second signal exits at once.

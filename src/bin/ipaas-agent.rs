@@ -9,7 +9,9 @@ use clap::Parser;
 use rand::RngCore;
 
 use ipaas_gateway::agent::{self, AgentShared, AgentStats};
-use ipaas_gateway::backend;
+use std::future::Future;
+
+use ipaas_gateway::backend::{self, BackendChoice, Runtime, ShardMain};
 use ipaas_gateway::config::{self, AgentConfig, LoggerConfig};
 use ipaas_gateway::keys::{self, PrivateKey, RECOMMENDED_KEY_BITS};
 use ipaas_gateway::{telemetry, tls};
@@ -30,6 +32,9 @@ struct Cli {
     /// Number of shards (threads); overrides runtime.shards in the config.
     #[arg(long)]
     shards: Option<usize>,
+    /// Runtime backend; overrides runtime.backend in the config.
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
     /// How long in-flight streams may run after SIGTERM before the session closes.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -69,12 +74,13 @@ fn main() -> anyhow::Result<()> {
 
     let mut instance_id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut instance_id);
-    let shards = config::shard_count(cli.shards.unwrap_or(config.shards));
+    let shards = config::shard_count(cli.shards.unwrap_or(config.runtime.shards));
+    let (backend, reason) = backend::select(cli.backend.unwrap_or(config.runtime.backend))?;
     let shutdown = backend::install_shutdown_handler()?;
     tracing::info!(
         gateway.id = %config.gateway_id, agent.name = %config.agent_name, server.addr = %config.server,
         shards, services = config.services.len(), key.fingerprint = %key.fingerprint(),
-        version = env!("CARGO_PKG_VERSION"), backend = "io_uring", "Agent starting"
+        version = env!("CARGO_PKG_VERSION"), %backend, "Agent starting on the {backend} backend: {reason}"
     );
 
     let shared = Arc::new(AgentShared {
@@ -86,21 +92,32 @@ fn main() -> anyhow::Result<()> {
         drain_timeout: cli.drain_timeout,
         stats: AgentStats::default(),
     });
-    let shard_shared = Arc::clone(&shared);
-    backend::run_shards(shards, "ipaas-agent", move |runtime| {
-        let shared = Arc::clone(&shard_shared);
-        let shutdown = shutdown.clone();
-        async move {
-            let trigger = backend::shutdown_trigger(&runtime, shutdown);
-            agent::run_shard(runtime, shared, trigger).await;
-        }
-    })?;
+    let main = Arc::new(AgentMain {
+        shared: Arc::clone(&shared),
+        shutdown,
+    });
+    backend::launch(backend, shards, "ipaas-agent", main)?;
     tracing::info!(
         streams = shared.stats.streams.get(),
         unknown_service = shared.stats.unknown_service.get(),
         "Agent stopped"
     );
     Ok(())
+}
+
+/// What each Agent shard starts from.
+struct AgentMain {
+    shared: Arc<AgentShared>,
+    shutdown: flume::Receiver<()>,
+}
+
+impl ShardMain for AgentMain {
+    fn run<R: Runtime>(self: Arc<Self>, runtime: R) -> impl Future<Output = ()> + 'static {
+        async move {
+            let trigger = backend::shutdown_trigger(&runtime, self.shutdown.clone());
+            agent::run_shard(runtime, Arc::clone(&self.shared), trigger).await;
+        }
+    }
 }
 
 /// `configs/config.yaml` in the current folder if present, else in the package root two

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use ipaas_gateway::backend::{self, Runtime};
+use std::future::Future;
+
+use ipaas_gateway::backend::{self, BackendChoice, Runtime, ShardMain};
 use ipaas_gateway::config::{self, ServerConfig};
 use ipaas_gateway::keys::RECOMMENDED_KEY_BITS;
 use ipaas_gateway::server::{self, ServerShared};
@@ -32,6 +34,9 @@ enum Command {
         /// Number of shards (threads); overrides runtime.shards in the config.
         #[arg(long)]
         shards: Option<usize>,
+        /// Runtime backend; overrides runtime.backend in the config.
+        #[arg(long, value_enum)]
+        backend: Option<BackendChoice>,
     },
     /// Check a config file and the files it names, then exit.
     Check {
@@ -74,7 +79,11 @@ enum PkiCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, shards } => run(&config, shards),
+        Command::Run {
+            config,
+            shards,
+            backend,
+        } => run(&config, shards, backend),
         Command::Check { config } => {
             let config = ServerConfig::load(&config)?;
             tls::server_config(&config.tls)?;
@@ -105,11 +114,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run(config_file: &std::path::Path, shards: Option<usize>) -> anyhow::Result<()> {
+fn run(
+    config_file: &std::path::Path,
+    shards: Option<usize>,
+    backend: Option<BackendChoice>,
+) -> anyhow::Result<()> {
     let config = ServerConfig::load(config_file)?;
     let _log_guard = telemetry::init(&config.log, true)?;
     let tls = tls::server_config(&config.tls).context("cannot load the Server's TLS files")?;
-    let shards = config::shard_count(shards.unwrap_or(config.shards));
+    let shards = config::shard_count(shards.unwrap_or(config.runtime.shards));
 
     for gateway in &config.gateways {
         for key in &gateway.public_keys {
@@ -123,35 +136,53 @@ fn run(config_file: &std::path::Path, shards: Option<usize>) -> anyhow::Result<(
     }
     check_ports_free(&config)?;
 
+    let (backend, reason) = backend::select(backend.unwrap_or(config.runtime.backend))?;
     let shutdown = backend::install_shutdown_handler()?;
     let (shared, handoffs) = ServerShared::new(config, tls, shards);
-    let handoffs = Arc::new(std::sync::Mutex::new(
-        handoffs.into_iter().map(Some).collect::<Vec<_>>(),
-    ));
     tracing::info!(
         listen = %shared.config.listen, shards, gateways = shared.config.gateways.len(),
-        version = env!("CARGO_PKG_VERSION"), backend = "io_uring", "Server starting"
+        version = env!("CARGO_PKG_VERSION"), %backend, "Server starting on the {backend} backend: {reason}"
     );
 
-    let shard_shared = Arc::clone(&shared);
-    backend::run_shards(shards, "ipaas-server", move |runtime| {
-        let shared = Arc::clone(&shard_shared);
-        let handoff = handoffs
+    let main = Arc::new(ServerMain {
+        shared,
+        handoffs: std::sync::Mutex::new(handoffs.into_iter().map(Some).collect()),
+        shutdown,
+    });
+    backend::launch(backend, shards, "ipaas-server", main)?;
+    tracing::info!("Server stopped");
+    Ok(())
+}
+
+/// What each Server shard starts from.
+struct ServerMain {
+    shared: Arc<ServerShared>,
+    /// Handoff receivers, taken by their shard at start.
+    handoffs: std::sync::Mutex<Vec<Option<flume::Receiver<server::Handoff>>>>,
+    shutdown: flume::Receiver<()>,
+}
+
+impl ShardMain for ServerMain {
+    fn run<R: Runtime>(self: Arc<Self>, runtime: R) -> impl Future<Output = ()> + 'static {
+        let handoff = self
+            .handoffs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())[runtime.shard()]
-        .take()
-        .expect("each shard takes its handoff receiver once");
-        let shutdown = shutdown.clone();
+        .take();
         async move {
-            let trigger = backend::shutdown_trigger(&runtime, shutdown);
-            if let Err(error) = server::run_shard(runtime, shared, handoff, trigger).await {
+            let Some(handoff) = handoff else {
+                tracing::error!(shard = runtime.shard(), "shard started twice");
+                return;
+            };
+            let trigger = backend::shutdown_trigger(&runtime, self.shutdown.clone());
+            if let Err(error) =
+                server::run_shard(runtime, Arc::clone(&self.shared), handoff, trigger).await
+            {
                 tracing::error!("{error:#}");
                 std::process::exit(1);
             }
         }
-    })?;
-    tracing::info!("Server stopped");
-    Ok(())
+    }
 }
 
 /// Fails early, with the address and its config key, when a listen port is taken.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{
     read_yaml, resolve_path, ConfigError, Endpoint, Heartbeat, Problems, RawHeartbeat, RawRuntime,
+    RuntimeSettings,
 };
 use crate::tls::TlsFiles;
 
@@ -128,7 +129,7 @@ pub struct AgentConfig {
     pub tls: TlsFiles,
     /// Service name to private target; the Agent dials nothing else.
     pub services: HashMap<String, Endpoint>,
-    pub shards: usize,
+    pub runtime: RuntimeSettings,
     pub heartbeat: Heartbeat,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
@@ -191,6 +192,7 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<AgentConfig, ConfigErro
         );
     }
 
+    let runtime = problems.runtime(&raw.runtime);
     let heartbeat = problems.heartbeat(&raw.heartbeat);
     let reconnect_initial = problems.duration("reconnect.initial", &raw.reconnect.initial);
     let reconnect_max = problems.duration("reconnect.max", &raw.reconnect.max);
@@ -215,7 +217,7 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<AgentConfig, ConfigErro
             key: resolve_path(root, &raw.tls.key),
         },
         services,
-        shards: raw.runtime.shards,
+        runtime,
         heartbeat,
         reconnect_initial,
         reconnect_max,

@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::backend::BackendChoice;
+
 pub use agent::AgentConfig;
 pub use logger::LoggerConfig;
 pub use server::ServerConfig;
@@ -187,6 +189,36 @@ pub struct RawRuntime {
     /// Number of shards (one pinned thread each); 0 or absent means one per CPU core.
     #[serde(default)]
     pub shards: usize,
+    /// `auto`, `io_uring` or `tokio`; absent means `auto`.
+    #[serde(default)]
+    pub backend: Option<String>,
+}
+
+/// Resolved runtime settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// Configured shard count; 0 means one per core (see [`shard_count`]).
+    pub shards: usize,
+    pub backend: BackendChoice,
+}
+
+impl Problems {
+    pub(crate) fn runtime(&mut self, raw: &RawRuntime) -> RuntimeSettings {
+        let backend = match raw.backend.as_deref() {
+            None => BackendChoice::Auto,
+            Some(value) => BackendChoice::parse(value).unwrap_or_else(|| {
+                self.push(
+                    "runtime.backend",
+                    format!("unknown backend `{value}`; use auto, io_uring or tokio"),
+                );
+                BackendChoice::Auto
+            }),
+        };
+        RuntimeSettings {
+            shards: raw.shards,
+            backend,
+        }
+    }
 }
 
 /// Heartbeat settings, shared by both configs.

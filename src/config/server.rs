@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::logger::RawLogger;
 use super::{
     read_yaml, resolve_path, ConfigError, Heartbeat, LoggerConfig, Problems, RawHeartbeat,
-    RawRuntime,
+    RawRuntime, RuntimeSettings,
 };
 use crate::keys::{self, PublicKey};
 use crate::tls::TlsFiles;
@@ -86,7 +86,7 @@ pub struct ServerConfig {
     /// Address the Agents dial.
     pub listen: SocketAddr,
     pub tls: TlsFiles,
-    pub shards: usize,
+    pub runtime: RuntimeSettings,
     pub heartbeat: Heartbeat,
     /// Time limit from TCP accept to Welcome.
     pub handshake_timeout: Duration,
@@ -152,6 +152,7 @@ impl ServerConfig {
 fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigError> {
     let mut problems = Problems::new(file);
     let listen = problems.socket_addr("listen", &raw.listen);
+    let runtime = problems.runtime(&raw.runtime);
     let heartbeat = problems.heartbeat(&raw.heartbeat);
     let handshake_timeout = problems.duration("handshake_timeout", &raw.handshake_timeout);
     let drain_timeout = problems.duration("drain_timeout", &raw.drain_timeout);
@@ -261,7 +262,7 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigErr
             cert: resolve_path(root, &raw.tls.cert),
             key: resolve_path(root, &raw.tls.key),
         },
-        shards: raw.runtime.shards,
+        runtime,
         heartbeat,
         handshake_timeout,
         max_unauthenticated: raw.max_unauthenticated,

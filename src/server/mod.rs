@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::backend::{timeout, Runtime};
+use crate::backend::{timeout, Runtime, SHARED_LISTENERS};
 use crate::config::server::Gateway;
 use crate::config::ServerConfig;
 use crate::protocol::mux::{Mux, MuxConfig, Role};
@@ -132,31 +132,8 @@ pub async fn run_shard<R: Runtime>(
         shutdown: Rc::clone(&shutdown),
     });
 
-    let agent_listener = runtime.listen(shared.config.listen).map_err(|error| {
-        anyhow::anyhow!(
-            "cannot listen for Agents on {}: {error}",
-            shared.config.listen
-        )
-    })?;
-    runtime.spawn(accept_agents(Rc::clone(&shard), agent_listener));
-
-    for (gateway, state) in shared.gateways.iter().enumerate() {
-        for (service, entry) in state.config.services.iter().enumerate() {
-            let listener = runtime.listen(entry.listen).map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot listen on {} for service `{}` of gateway `{}`: {error}",
-                    entry.listen,
-                    entry.name,
-                    state.config.id
-                )
-            })?;
-            runtime.spawn(accept_entries(
-                Rc::clone(&shard),
-                listener,
-                gateway,
-                service,
-            ));
-        }
+    if SHARED_LISTENERS || runtime.shard() == 0 {
+        bind_listeners(&shard)?;
     }
     runtime.spawn(receive_handoffs(Rc::clone(&shard), handoff));
     tracing::debug!(shard = runtime.shard(), "shard listening");
@@ -171,6 +148,33 @@ pub async fn run_shard<R: Runtime>(
         runtime.sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(shard = runtime.shard(), "shard stopped");
+    Ok(())
+}
+
+/// Binds the Agent listener and every entry listener, and starts their accept loops.
+fn bind_listeners<R: Runtime>(shard: &Rc<Shard<R>>) -> anyhow::Result<()> {
+    let (runtime, shared) = (&shard.runtime, &shard.shared);
+    let agent_listener = runtime.listen(shared.config.listen).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot listen for Agents on {}: {error}",
+            shared.config.listen
+        )
+    })?;
+    runtime.spawn(accept_agents(Rc::clone(shard), agent_listener));
+
+    for (gateway, state) in shared.gateways.iter().enumerate() {
+        for (service, entry) in state.config.services.iter().enumerate() {
+            let listener = runtime.listen(entry.listen).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot listen on {} for service `{}` of gateway `{}`: {error}",
+                    entry.listen,
+                    entry.name,
+                    state.config.id
+                )
+            })?;
+            runtime.spawn(accept_entries(Rc::clone(shard), listener, gateway, service));
+        }
+    }
     Ok(())
 }
 

@@ -126,17 +126,67 @@ pub struct GatewaySpec {
     pub services: Vec<(String, u16)>,
 }
 
+/// The `runtime.backend` values a test runs the Server and the Agents with.
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    pub server: &'static str,
+    pub agent: &'static str,
+}
+
+impl Backends {
+    pub const IO_URING: Self = Self {
+        server: "io_uring",
+        agent: "io_uring",
+    };
+    pub const TOKIO: Self = Self {
+        server: "tokio",
+        agent: "tokio",
+    };
+    /// Server and Agent on different backends: the wire protocol must not depend on either.
+    pub const MIXED: Self = Self {
+        server: "io_uring",
+        agent: "tokio",
+    };
+}
+
+/// Turns each `fn name(backends: Backends)` into a module `name` with one test per
+/// backend pairing: `io_uring`, `tokio` and `mixed`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn io_uring() {
+                    super::$name($crate::common::Backends::IO_URING)
+                }
+                #[test]
+                fn tokio() {
+                    super::$name($crate::common::Backends::TOKIO)
+                }
+                #[test]
+                fn mixed() {
+                    super::$name($crate::common::Backends::MIXED)
+                }
+            }
+        )*
+    };
+}
+
 /// A working folder with a PKI, a running Server and any number of Agents.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub agent_port: u16,
+    pub backends: Backends,
+    /// Start the programs under a seccomp filter that fails `io_uring_setup` with EPERM.
+    pub deny_io_uring: bool,
     pub server: Option<Process>,
     pub agents: Vec<Process>,
 }
 
 impl Env {
     /// Creates the folder and the PKI.
-    pub fn new() -> Self {
+    pub fn new(backends: Backends) -> Self {
         let dir = tempfile::tempdir().unwrap();
         run(Command::new(SERVER_BIN)
             .args(["pki", "init", "--dir"])
@@ -144,9 +194,19 @@ impl Env {
         Self {
             dir,
             agent_port: free_port(),
+            backends,
+            deny_io_uring: false,
             server: None,
             agents: Vec::new(),
         }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        if self.deny_io_uring {
+            deny_io_uring(&mut command);
+        }
+        command
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -161,9 +221,9 @@ impl Env {
     pub fn start_server(&mut self, gateways: &[GatewaySpec]) {
         let mut yaml = format!(
             "listen: \"127.0.0.1:{}\"\ntls: {{ca: pki/ca.pem, cert: pki/server.pem, key: pki/server.key}}\n\
-             runtime: {{shards: 2}}\nheartbeat: {{interval: 1s, timeout: 3s}}\ndrain_timeout: 5s\n\
+             runtime: {{shards: 2, backend: {}}}\nheartbeat: {{interval: 1s, timeout: 3s}}\ndrain_timeout: 5s\n\
              log: {{level: \"info,ipaas_gateway=debug\", file: server.log}}\ngateways:\n",
-            self.agent_port
+            self.agent_port, self.backends.server
         );
         for gateway in gateways {
             yaml += &format!("  - id: {}\n    public_keys:\n", gateway.id);
@@ -183,7 +243,7 @@ impl Env {
         let console = std::fs::File::create(self.path("server/console.log")).unwrap();
         self.server = Some(Process::spawn(
             "ipaas-server",
-            Command::new(SERVER_BIN)
+            self.command(SERVER_BIN)
                 .args(["run", "--config", "server.yaml"])
                 .current_dir(self.path("server"))
                 .stdout(Stdio::null())
@@ -210,8 +270,8 @@ impl Env {
 
         let mut yaml = format!(
             "server: {{address: \"127.0.0.1:{}\", tls_name: localhost}}\ngateway_id: {gateway_id}\nagent_name: {name}\n\
-             runtime: {{shards: 2}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\nservices:\n",
-            self.agent_port
+             runtime: {{shards: 2, backend: {}}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\nservices:\n",
+            self.agent_port, self.backends.agent
         );
         for (service, target) in services {
             yaml += &format!("  - {{name: {service}, target: \"{target}\"}}\n");
@@ -226,7 +286,7 @@ impl Env {
         let console = std::fs::File::create(root.join("console.log")).unwrap();
         self.agents.push(Process::spawn(
             "ipaas-agent",
-            Command::new(AGENT_BIN)
+            self.command(AGENT_BIN)
                 .arg("--config")
                 .arg(root.join("configs/config.yaml"))
                 .stdout(Stdio::null())
@@ -347,6 +407,69 @@ pub fn closed_without_data(port: u16, limit: Duration) -> bool {
     stream.set_read_timeout(Some(limit)).unwrap();
     let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
     let mut buffer = [0u8; 64];
-    matches!(stream.read(&mut buffer), Ok(0))
-        || matches!(stream.read(&mut buffer), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    match stream.read(&mut buffer) {
+        Ok(0) => true,
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// Makes `command` run under a seccomp filter that fails `io_uring_setup` with EPERM, as
+/// Docker's default profile does; every other system call is allowed.
+pub fn deny_io_uring(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+
+    // Classic BPF over `struct seccomp_data`, whose first field is the system call number.
+    const LOAD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+
+    let filter = [
+        libc::sock_filter {
+            code: LOAD_NR,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JUMP_IF_EQUAL,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: RETURN,
+            jt: 0,
+            jf: 0,
+            k: RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: RETURN,
+            jt: 0,
+            jf: 0,
+            k: RET_ALLOW,
+        },
+    ];
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+    // which is async-signal-safe; `filter` outlives the call because it is moved in.
+    unsafe {
+        command.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const _,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

@@ -1,0 +1,508 @@
+#!/usr/bin/env bash
+# Measures throughput, request rate and memory of the gateway against a direct connection
+# and, when `rathole` is on PATH, against rathole's TLS transport, all in one run.
+#
+# It builds the release binaries, then starts on 127.0.0.1: an iperf3 server (a new
+# `iperf3 -s -1` per measurement), a redis-server, the gateway's Server and Agent, and
+# rathole's server and client. Each measurement runs direct, through the gateway and
+# through rathole back to back, so the ratios come from the same minutes of the same run.
+# The report is written to perf/out/results.md and every raw output to perf/out/raw/.
+#
+# Settings (environment variables, defaults in brackets):
+#   PERF_SHARDS             shards of the Server and of the Agent [2]
+#   PERF_DURATION           seconds per iperf3 measurement, 1 to 60 [5]
+#   PERF_BASE_PORT          first of 8 consecutive 127.0.0.1 ports [25100]
+#   PERF_REDIS_CLIENTS      redis-benchmark clients (-c), 1 to 1000 [50]
+#   PERF_REDIS_REQUESTS_KA  GET requests with keep-alive (-k 1) [100000]
+#   PERF_REDIS_REQUESTS_NEW GET requests with a new connection each (-k 0) [20000]
+#   PERF_RATHOLE            "auto" measures rathole when it is on PATH, "off" skips it [auto]
+#
+# Every process it starts is recorded in perf/out/pids/ and stopped by that pid on exit.
+# A run that was killed with SIGKILL leaves its processes running; their ports are then
+# reported as busy by the next run.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT="$REPO/perf/out"
+RAW="$OUT/raw"
+PIDS="$OUT/pids"
+RUNS="$OUT/runs.tsv"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+SERVER_BIN="$TARGET_DIR/release/ipaas-server"
+AGENT_BIN="$TARGET_DIR/release/ipaas-agent"
+
+SHARDS=${PERF_SHARDS:-2}
+DURATION=${PERF_DURATION:-5}
+BASE_PORT=${PERF_BASE_PORT:-25100}
+REDIS_CLIENTS=${PERF_REDIS_CLIENTS:-50}
+REDIS_REQUESTS_KA=${PERF_REDIS_REQUESTS_KA:-100000}
+REDIS_REQUESTS_NEW=${PERF_REDIS_REQUESTS_NEW:-20000}
+RATHOLE_MODE=${PERF_RATHOLE:-auto}
+
+IPERF_PORT=$BASE_PORT
+REDIS_PORT=$((BASE_PORT + 1))
+AGENT_PORT=$((BASE_PORT + 2))
+GATEWAY_IPERF_PORT=$((BASE_PORT + 3))
+GATEWAY_REDIS_PORT=$((BASE_PORT + 4))
+RATHOLE_PORT=$((BASE_PORT + 5))
+RATHOLE_IPERF_PORT=$((BASE_PORT + 6))
+RATHOLE_REDIS_PORT=$((BASE_PORT + 7))
+
+# Upper bounds on the time one client command may take, in seconds.
+IPERF_LIMIT=$((DURATION + 30))
+REDIS_LIMIT=300
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { echo "error: $*" >&2; exit 1; }
+
+# Checks that $2 is an integer from $3 to $4; $1 names the variable in the message.
+check_int() {
+    local name=$1 value=$2 min=$3 max=$4
+    if ! [[ $value =~ ^[0-9]+$ ]] || ((10#$value < min || 10#$value > max)); then
+        fail "$name=$value is invalid; use an integer from $min to $max"
+    fi
+}
+
+# Starts a command in the background with stdout and stderr in $2 and records its pid in
+# $PIDS/$1.pid. The remaining arguments are the command.
+start_process() {
+    local name=$1 log=$2
+    shift 2
+    "$@" >"$log" 2>&1 &
+    echo $! >"$PIDS/$name.pid"
+    printf '%s\t%s\n' "$name" "$*" >>"$OUT/processes.tsv"
+}
+
+pid_of() { cat "$PIDS/$1.pid"; }
+
+# Sends SIGTERM to the pid recorded for $1, waits up to 5 s, then sends SIGKILL.
+stop_process() {
+    local file="$PIDS/$1.pid"
+    [ -f "$file" ] || return 0
+    local pid
+    pid=$(cat "$file")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    rm -f "$file"
+}
+
+cleanup() {
+    [ -d "$PIDS" ] || return 0
+    local file
+    for file in "$PIDS"/*.pid; do
+        [ -e "$file" ] || continue
+        stop_process "$(basename "$file" .pid)"
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Fails unless nothing listens on 127.0.0.1:$1.
+check_port_free() {
+    if [ -n "$(ss -Hltn "src 127.0.0.1:$1")" ]; then
+        fail "127.0.0.1:$1 is already in use; stop its listener or set PERF_BASE_PORT"
+    fi
+}
+
+# Waits up to $2 seconds until something listens on 127.0.0.1:$1.
+wait_listening() {
+    local port=$1 limit=$2
+    for _ in $(seq 1 $((limit * 10))); do
+        [ -n "$(ss -Hltn "src 127.0.0.1:$port")" ] && return 0
+        sleep 0.1
+    done
+    fail "nothing listens on 127.0.0.1:$port after ${limit}s"
+}
+
+# Waits up to $2 seconds until `redis-cli PING` on 127.0.0.1:$1 returns PONG.
+wait_redis() {
+    local port=$1 limit=$2
+    for _ in $(seq 1 $((limit * 5))); do
+        [ "$(timeout 2 redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# Waits up to $3 seconds until file $1 contains at least $4 lines matching $2.
+wait_log() {
+    local file=$1 pattern=$2 limit=$3 count=$4
+    for _ in $(seq 1 $((limit * 10))); do
+        [ "$(grep -c -- "$pattern" "$file" 2>/dev/null || true)" -ge "$count" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Prints the CPU seconds (user + system) used so far by the recorded processes named in
+# the arguments, from /proc/PID/stat. A process that has exited counts as 0.
+cpu_seconds() {
+    local ticks=0 name pid fields
+    for name in "$@"; do
+        pid=$(pid_of "$name")
+        [ -r "/proc/$pid/stat" ] || continue
+        # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+        read -r -a fields <<<"$(sed 's/^.*) //' "/proc/$pid/stat")"
+        ticks=$((ticks + fields[11] + fields[12]))
+    done
+    python3 -c "import sys; print(f'{int(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$ticks" "$(getconf CLK_TCK)"
+}
+
+# Prints the busy and total jiffies of all CPUs from the first line of /proc/stat.
+machine_jiffies() {
+    local label user nice system idle iowait irq softirq steal
+    read -r label user nice system idle iowait irq softirq steal _ </proc/stat
+    echo "$((user + nice + system + irq + softirq + steal)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+}
+
+# Relay processes of each path, for the CPU column of the report.
+relay_processes() {
+    case $1 in
+        direct) ;;
+        gateway) echo "ipaas-server ipaas-agent" ;;
+        rathole) echo "rathole-server rathole-client" ;;
+    esac
+}
+
+# Runs one measurement and appends a line to $RUNS: measurement, path, raw output file,
+# exit status, wall seconds, relay CPU seconds, machine busy percent and the command.
+# Arguments: measurement, path, raw output file, command...
+measure() {
+    local measurement=$1 path=$2 raw=$3
+    shift 3
+    local relays cpu_before cpu_after jiffies_before jiffies_after start end status=0
+    read -r -a relays <<<"$(relay_processes "$path")"
+    cpu_before=$(cpu_seconds "${relays[@]}")
+    jiffies_before=$(machine_jiffies)
+    start=$(date +%s.%N)
+
+    "$@" >"$raw" 2>"$raw.stderr" || status=$?
+
+    end=$(date +%s.%N)
+    jiffies_after=$(machine_jiffies)
+    cpu_after=$(cpu_seconds "${relays[@]}")
+    python3 - "$measurement" "$path" "$raw" "$status" "$start" "$end" "$cpu_before" "$cpu_after" \
+        "$jiffies_before" "$jiffies_after" "$*" >>"$RUNS" <<'PY'
+import sys
+m, path, raw, status, start, end, cpu0, cpu1, j0, j1, command = sys.argv[1:]
+busy0, total0 = map(int, j0.split())
+busy1, total1 = map(int, j1.split())
+busy = 100 * (busy1 - busy0) / max(total1 - total0, 1)
+wall = float(end) - float(start)
+cpu = float(cpu1) - float(cpu0)
+print("\t".join([m, path, raw, status, f"{wall:.2f}", f"{cpu:.2f}", f"{busy:.0f}", command]))
+PY
+    [ "$status" -eq 0 ] || echo "    $measurement via $path failed with status $status; see $raw.stderr" >&2
+}
+
+# Runs iperf3 once against a fresh `iperf3 -s -1`.
+# Arguments: measurement, path, entry port, then extra iperf3 client options.
+measure_iperf() {
+    local measurement=$1 path=$2 port=$3
+    shift 3
+    start_process iperf3-server "$RAW/iperf3-server-$measurement-$path.log" \
+        iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
+    wait_listening "$IPERF_PORT" 10
+    measure "$measurement" "$path" "$RAW/$measurement-$path.json" \
+        timeout "$IPERF_LIMIT" iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J \
+        --connect-timeout 5000 "$@"
+
+    # The server exits after one test; it is stopped by pid if the test broke off.
+    local pid
+    pid=$(pid_of iperf3-server)
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    stop_process iperf3-server
+}
+
+# Runs redis-benchmark GET. Arguments: measurement, path, entry port, keep-alive (0 or 1),
+# number of requests.
+measure_redis() {
+    local measurement=$1 path=$2 port=$3 keepalive=$4 requests=$5
+    measure "$measurement" "$path" "$RAW/$measurement-$path.csv" \
+        timeout "$REDIS_LIMIT" redis-benchmark -h 127.0.0.1 -p "$port" -t get \
+        -c "$REDIS_CLIENTS" -n "$requests" -k "$keepalive" --csv
+}
+
+# Appends VmHWM and VmRSS of the recorded process $2 to $OUT/memory.tsv under label $1.
+record_memory() {
+    local label=$1 name=$2 pid
+    pid=$(pid_of "$name")
+    awk -v label="$label" -v name="$name" '
+        /^VmHWM:/ { hwm = $2 }
+        /^VmRSS:/ { rss = $2 }
+        END { print label "\t" name "\t" hwm "\t" rss }
+    ' "/proc/$pid/status" >>"$OUT/memory.tsv"
+}
+
+# --- Checks -----------------------------------------------------------------------------
+
+check_int PERF_SHARDS "$SHARDS" 1 64
+check_int PERF_DURATION "$DURATION" 1 60
+check_int PERF_BASE_PORT "$BASE_PORT" 1024 65520
+check_int PERF_REDIS_CLIENTS "$REDIS_CLIENTS" 1 1000
+check_int PERF_REDIS_REQUESTS_KA "$REDIS_REQUESTS_KA" 1 10000000
+check_int PERF_REDIS_REQUESTS_NEW "$REDIS_REQUESTS_NEW" 1 1000000
+case $RATHOLE_MODE in
+    auto | off) ;;
+    *) fail "PERF_RATHOLE=$RATHOLE_MODE is invalid; use auto or off" ;;
+esac
+
+for tool in cargo openssl python3 iperf3 redis-server redis-cli redis-benchmark ss timeout; do
+    command -v "$tool" >/dev/null ||
+        fail "$tool is required (Debian: apt-get install iperf3 redis-server redis-tools iproute2 openssl python3)"
+done
+
+RATHOLE_BIN=""
+RATHOLE_REASON="PERF_RATHOLE=off"
+if [ "$RATHOLE_MODE" = auto ]; then
+    if RATHOLE_BIN=$(command -v rathole); then
+        RATHOLE_REASON=""
+    else
+        RATHOLE_BIN=""
+        RATHOLE_REASON="rathole is not on PATH"
+    fi
+fi
+
+for port in $(seq "$BASE_PORT" $((BASE_PORT + 7))); do
+    check_port_free "$port"
+done
+
+# --- Build and layout -------------------------------------------------------------------
+
+step "Building (cargo build --release)"
+cargo build --release --manifest-path "$REPO/Cargo.toml"
+
+rm -rf "$OUT"
+mkdir -p "$RAW" "$PIDS"
+printf 'measurement\tpath\traw\tstatus\twall_s\trelay_cpu_s\tmachine_busy_pct\tcommand\n' >"$RUNS"
+printf 'phase\tprocess\tvm_hwm_kib\tvm_rss_kib\n' >"$OUT/memory.tsv"
+printf 'process\tcommand\n' >"$OUT/processes.tsv"
+
+step "Creating the gateway's PKI, the Agent's RSA key and both configs"
+GW="$OUT/gateway"
+SERVER_DIR="$GW/server"
+AGENT_DIR="$GW/agent"
+mkdir -p "$SERVER_DIR/keys" "$AGENT_DIR/configs/secret" "$AGENT_DIR/log"
+"$SERVER_BIN" pki init --dir "$SERVER_DIR/pki" >"$RAW/pki.log"
+"$SERVER_BIN" pki issue-agent --dir "$SERVER_DIR/pki" --gateway gw-perf \
+    --out "$AGENT_DIR/configs/client" >>"$RAW/pki.log"
+openssl genrsa -out "$AGENT_DIR/configs/secret/private.pem" 2048 2>/dev/null
+chmod 600 "$AGENT_DIR/configs/secret/private.pem"
+openssl rsa -in "$AGENT_DIR/configs/secret/private.pem" -RSAPublicKey_out \
+    -out "$SERVER_DIR/keys/gw-perf.pem" 2>/dev/null
+
+cat >"$SERVER_DIR/server.yaml" <<YAML
+listen: "127.0.0.1:$AGENT_PORT"
+tls: {ca: pki/ca.pem, cert: pki/server.pem, key: pki/server.key}
+runtime: {shards: $SHARDS}
+drain_timeout: "2s"
+log: {level: info, file: server.log}
+gateways:
+  - id: gw-perf
+    public_keys: [keys/gw-perf.pem]
+    allow: ["127.0.0.0/8"]
+    services:
+      - {name: iperf, listen: "127.0.0.1:$GATEWAY_IPERF_PORT"}
+      - {name: redis, listen: "127.0.0.1:$GATEWAY_REDIS_PORT"}
+YAML
+cat >"$AGENT_DIR/configs/config.yaml" <<YAML
+server: {address: "127.0.0.1:$AGENT_PORT", tls_name: localhost}
+gateway_id: gw-perf
+agent_name: perf-agent
+services:
+  - {name: iperf, target: "127.0.0.1:$IPERF_PORT"}
+  - {name: redis, target: "127.0.0.1:$REDIS_PORT"}
+runtime: {shards: $SHARDS}
+YAML
+cat >"$AGENT_DIR/configs/logger_config.yaml" <<YAML
+level: info
+file: log/agent.log
+YAML
+
+# --- Services and relays ----------------------------------------------------------------
+
+step "Starting redis-server on 127.0.0.1:$REDIS_PORT"
+start_process redis-server "$RAW/redis-server.log" \
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
+wait_redis "$REDIS_PORT" 10 || fail "redis-server does not answer; see $RAW/redis-server.log"
+# redis-benchmark GET reads this key; its default value size is 3 bytes.
+redis-cli -h 127.0.0.1 -p "$REDIS_PORT" set 'key:__rand_int__' xxx >/dev/null
+
+step "Starting the Server (Agent port $AGENT_PORT) and the Agent, $SHARDS shards each"
+start_process ipaas-server "$SERVER_DIR/console.log" \
+    "$SERVER_BIN" run --config "$SERVER_DIR/server.yaml"
+wait_listening "$AGENT_PORT" 20
+start_process ipaas-agent "$AGENT_DIR/console.log" \
+    "$AGENT_BIN" --config "$AGENT_DIR/configs/config.yaml"
+wait_log "$SERVER_DIR/server.log" "Agent session established" 30 "$SHARDS" ||
+    fail "the Agent did not establish $SHARDS sessions; see $SERVER_DIR/server.log and $AGENT_DIR/log/agent.log"
+wait_redis "$GATEWAY_REDIS_PORT" 20 ||
+    fail "redis does not answer through the gateway; see $SERVER_DIR/server.log and $AGENT_DIR/log/agent.log"
+record_memory idle ipaas-server
+record_memory idle ipaas-agent
+
+if [ -n "$RATHOLE_BIN" ]; then
+    step "Starting rathole with its TLS transport (control port $RATHOLE_PORT)"
+    RH="$OUT/rathole"
+    mkdir -p "$RH"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=perf-ca" \
+        -keyout "$RH/ca.key" -out "$RH/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$RH/server.key" -out "$RH/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$RH/san.ext"
+    openssl x509 -req -in "$RH/server.csr" -CA "$RH/ca.pem" -CAkey "$RH/ca.key" \
+        -CAcreateserial -days 2 -extfile "$RH/san.ext" -out "$RH/server.pem" 2>/dev/null
+    PFX_PASSWORD=$(openssl rand -hex 16)
+    PFX_PASSWORD=$PFX_PASSWORD openssl pkcs12 -export -out "$RH/identity.pfx" \
+        -inkey "$RH/server.key" -in "$RH/server.pem" -certfile "$RH/ca.pem" \
+        -passout env:PFX_PASSWORD
+    RATHOLE_TOKEN=$(openssl rand -hex 16)
+
+    cat >"$RH/server.toml" <<TOML
+[server]
+bind_addr = "127.0.0.1:$RATHOLE_PORT"
+default_token = "$RATHOLE_TOKEN"
+
+[server.transport]
+type = "tls"
+
+[server.transport.tls]
+pkcs12 = "$RH/identity.pfx"
+pkcs12_password = "$PFX_PASSWORD"
+
+[server.services.iperf]
+bind_addr = "127.0.0.1:$RATHOLE_IPERF_PORT"
+
+[server.services.redis]
+bind_addr = "127.0.0.1:$RATHOLE_REDIS_PORT"
+TOML
+    cat >"$RH/client.toml" <<TOML
+[client]
+remote_addr = "127.0.0.1:$RATHOLE_PORT"
+default_token = "$RATHOLE_TOKEN"
+
+[client.transport]
+type = "tls"
+
+[client.transport.tls]
+trusted_root = "$RH/ca.pem"
+hostname = "localhost"
+
+[client.services.iperf]
+local_addr = "127.0.0.1:$IPERF_PORT"
+
+[client.services.redis]
+local_addr = "127.0.0.1:$REDIS_PORT"
+TOML
+    chmod 600 "$RH/server.toml" "$RH/client.toml"
+
+    start_process rathole-server "$RH/server.log" "$RATHOLE_BIN" --server "$RH/server.toml"
+    wait_listening "$RATHOLE_PORT" 20
+    start_process rathole-client "$RH/client.log" "$RATHOLE_BIN" --client "$RH/client.toml"
+    if wait_redis "$RATHOLE_REDIS_PORT" 30; then
+        record_memory idle rathole-server
+        record_memory idle rathole-client
+    else
+        RATHOLE_REASON="rathole did not relay redis within 30 s (see perf/out/rathole/*.log)"
+        echo "warning: $RATHOLE_REASON; rathole is not measured" >&2
+        stop_process rathole-client
+        stop_process rathole-server
+        RATHOLE_BIN=""
+    fi
+fi
+
+PATHS=(direct gateway)
+[ -n "$RATHOLE_BIN" ] && PATHS+=(rathole)
+
+# Prints the port a client uses to reach service $2 (iperf or redis) over path $1.
+entry_port() {
+    case $1/$2 in
+        direct/iperf) echo "$IPERF_PORT" ;;
+        direct/redis) echo "$REDIS_PORT" ;;
+        gateway/iperf) echo "$GATEWAY_IPERF_PORT" ;;
+        gateway/redis) echo "$GATEWAY_REDIS_PORT" ;;
+        rathole/iperf) echo "$RATHOLE_IPERF_PORT" ;;
+        rathole/redis) echo "$RATHOLE_REDIS_PORT" ;;
+    esac
+}
+
+# --- Measurements -----------------------------------------------------------------------
+
+step "iperf3, 1 stream, ${DURATION}s per path"
+for path in "${PATHS[@]}"; do
+    echo "    $path"
+    measure_iperf iperf-1 "$path" "$(entry_port "$path" iperf)" -P 1
+done
+
+step "iperf3, 8 streams, ${DURATION}s per path"
+for path in "${PATHS[@]}"; do
+    echo "    $path"
+    measure_iperf iperf-8 "$path" "$(entry_port "$path" iperf)" -P 8
+done
+
+step "iperf3, 1 stream reverse (-R), ${DURATION}s per path"
+for path in "${PATHS[@]}"; do
+    echo "    $path"
+    measure_iperf iperf-1-reverse "$path" "$(entry_port "$path" iperf)" -P 1 -R
+done
+
+step "redis-benchmark GET, $REDIS_CLIENTS clients, keep-alive, $REDIS_REQUESTS_KA requests"
+for path in "${PATHS[@]}"; do
+    echo "    $path"
+    measure_redis redis-keepalive "$path" "$(entry_port "$path" redis)" 1 "$REDIS_REQUESTS_KA"
+done
+
+step "redis-benchmark GET, $REDIS_CLIENTS clients, new connection per request, $REDIS_REQUESTS_NEW requests"
+for path in "${PATHS[@]}"; do
+    echo "    $path"
+    measure_redis redis-newconn "$path" "$(entry_port "$path" redis)" 0 "$REDIS_REQUESTS_NEW"
+done
+
+# --- Memory, logs and report ------------------------------------------------------------
+
+step "Recording memory and stopping the relays"
+record_memory end ipaas-server
+record_memory end ipaas-agent
+if [ -n "$RATHOLE_BIN" ]; then
+    record_memory end rathole-server
+    record_memory end rathole-client
+fi
+stop_process ipaas-agent
+stop_process ipaas-server
+stop_process rathole-client
+stop_process rathole-server
+stop_process redis-server
+
+{
+    echo "cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "nproc=$(nproc)"
+    echo "kernel=$(uname -r)"
+    echo "memory=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "rustc=$(rustc --version)"
+    echo "iperf3=$(iperf3 --version | head -n 1)"
+    echo "redis=$(redis-server --version)"
+    echo "rathole=${RATHOLE_BIN:+$("$RATHOLE_BIN" --version 2>&1 | head -n 1)}"
+    echo "rathole_reason=$RATHOLE_REASON"
+    echo "shards=$SHARDS"
+    echo "duration=$DURATION"
+    echo "redis_clients=$REDIS_CLIENTS"
+} >"$OUT/machine.txt"
+
+step "Writing perf/out/results.md"
+python3 "$REPO/perf/report.py" "$OUT"
+echo
+echo "Report: $OUT/results.md"
+echo "Logs: $SERVER_DIR/server.log, $AGENT_DIR/log/agent.log"
