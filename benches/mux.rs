@@ -22,7 +22,7 @@ const FRAME_PAYLOAD: usize = DEFAULT_MAX_PAYLOAD as usize;
 const STREAM_BYTES: usize = 64 * 1024 * 1024;
 
 /// Bytes the sender offers to `send_data` per call, and the size of the reader's buffer.
-/// 64 KiB matches a typical socket read.
+/// It spans four frames, so one call queues several frames.
 const CHUNK: usize = 64 * 1024;
 
 /// Service name sent in the Open frame. The Agent `Mux` does not check that it exists.
@@ -70,7 +70,7 @@ fn push_one_stream(data: &[u8], buf: &mut [u8]) -> usize {
                 .expect("the stream is open");
         }
 
-        // Wire Server -> Agent.
+        // Deliver the Server's outbox to the Agent, as the TLS connection would.
         let len = server.outbox_len();
         agent.handle_input(server.outbox()).expect("valid frames");
         server.consume_outbox(len);
@@ -89,7 +89,7 @@ fn push_one_stream(data: &[u8], buf: &mut [u8]) -> usize {
             }
         }
 
-        // Wire Agent -> Server: window updates.
+        // Deliver the Agent's window updates to the Server.
         let len = agent.outbox_len();
         server
             .handle_input(agent.outbox())

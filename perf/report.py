@@ -9,6 +9,7 @@ redis-benchmark CSV files it names, memory.tsv, processes.tsv and machine.txt.
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def parse_iperf(path):
     return {
         "sender_gbps": end["sum_sent"]["bits_per_second"] / 1e9,
         "receiver_gbps": end["sum_received"]["bits_per_second"] / 1e9,
+        "bytes": end["sum_received"]["bytes"],
         "client_cpu_pct": cpu.get("host_total"),
         "server_cpu_pct": cpu.get("remote_total"),
     }
@@ -71,6 +73,19 @@ def parse_redis(path):
         "p50_ms": float(row["p50_latency_ms"]),
         "p99_ms": float(row["p99_latency_ms"]),
     }
+
+
+def relay_cost(run, value):
+    """Return relay CPU per GB received (iperf3) or per request (redis), as text."""
+    if run["path"] == "direct" or not isinstance(value, dict):
+        return "-"
+    cpu = float(run["relay_cpu_s"])
+    if "bytes" in value:
+        return f"{cpu / (value['bytes'] / 1e9):.2f} s/GB"
+    requests = re.search(r" -n ([0-9]+)", run["command"])
+    if requests is None:
+        return "-"
+    return f"{cpu / int(requests.group(1)) * 1e6:.1f} us/request"
 
 
 def load_results(runs):
@@ -141,7 +156,9 @@ def main():
         f"- Load average at the end: {machine.get('loadavg_end', '?')}",
         f"- {machine.get('rustc', '?')}; {machine.get('iperf3', '?')}; {machine.get('redis', '?')}",
         f"- rathole: {machine.get('rathole') or 'not measured: ' + rathole_note}",
-        f"- Gateway shards: {machine.get('shards', '?')} (Server and Agent each)",
+        f"- Gateway threads pinned to a CPU: {machine.get('pinning') or 'none'}",
+        f"- Gateway shards: {machine.get('shards', '?')} (Server and Agent each). Agent sessions per"
+        f" Server shard: {machine.get('session_shards', '?')}",
         "",
         "## Figures",
         "",
@@ -169,7 +186,12 @@ def main():
         top = figure(results, measurement, metric, numerator, measured_paths)[0]
         bottom = figure(results, measurement, metric, denominator, measured_paths)[0]
         value, text = ratio(top, bottom)
-        met = "not measured" if value is None else ("yes" if value >= minimum else "no")
+        if value is None:
+            met = "not measured"
+        elif value >= minimum:
+            met = "yes"
+        else:
+            met = "no"
         lines.append(f"| {label} | {text} | {met} |")
 
     lines += [
@@ -179,10 +201,11 @@ def main():
         "Relay CPU is the user and system time of the relay processes (Server and Agent, or",
         "rathole's server and client) during the measurement, from /proc/PID/stat. Machine busy",
         "is the share of all cores not idle, from /proc/stat, so it includes other work on the",
-        "machine. iperf3 CPU is what iperf3 reports for its client and server.",
+        "machine. Relay cost is relay CPU per GB received or per request. iperf3 CPU is what",
+        "iperf3 reports for its client and server.",
         "",
-        "| measurement | path | wall (s) | relay CPU (s) | machine busy (%) | iperf3 client / server CPU (%) |",
-        "|---|---|---:|---:|---:|---|",
+        "| measurement | path | wall (s) | relay CPU (s) | relay cost | machine busy (%) | iperf3 client / server CPU (%) |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for run in runs:
         value = results.get((run["measurement"], run["path"]))
@@ -191,7 +214,7 @@ def main():
             iperf_cpu = f"{value['client_cpu_pct']:.0f} / {value['server_cpu_pct']:.0f}"
         lines.append(
             f"| {run['measurement']} | {run['path']} | {run['wall_s']} | "
-            f"{run['relay_cpu_s'] if run['path'] != 'direct' else '-'} | "
+            f"{run['relay_cpu_s'] if run['path'] != 'direct' else '-'} | {relay_cost(run, value)} | "
             f"{run['machine_busy_pct']} | {iperf_cpu} |"
         )
 
@@ -216,8 +239,9 @@ def main():
         lines.append(f"| {process} | {' | '.join(cells)} |")
 
     lines += ["", "## Commands", "", "Processes started (paths are under perf/out):", "", "```"]
-    lines += [f"{row['process']}: {shorten(row['command'], out)}" for row in processes]
-    lines += ["```", "", "Measurements:", "", "```"]
+    started = [f"{row['process']}: {shorten(row['command'], out)}" for row in processes]
+    lines += list(dict.fromkeys(started))
+    lines += ["```", "", "Measurements, in the order they ran:", "", "```"]
     lines += [shorten(run["command"], out) for run in runs]
     lines += ["```", ""]
 

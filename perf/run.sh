@@ -55,11 +55,11 @@ REDIS_LIMIT=300
 step() { printf '\n==> %s\n' "$*"; }
 fail() { echo "error: $*" >&2; exit 1; }
 
-# Checks that $2 is an integer from $3 to $4; $1 names the variable in the message.
+# Checks that $2 is an integer from $3 to $4. $1 names the variable in the message.
 check_int() {
     local name=$1 value=$2 min=$3 max=$4
     if ! [[ $value =~ ^[0-9]+$ ]] || ((10#$value < min || 10#$value > max)); then
-        fail "$name=$value is invalid; use an integer from $min to $max"
+        fail "$name=$value is invalid. Use an integer from $min to $max"
     fi
 }
 
@@ -70,10 +70,17 @@ start_process() {
     shift 2
     "$@" >"$log" 2>&1 &
     echo $! >"$PIDS/$name.pid"
-    printf '%s\t%s\n' "$name" "$*" >>"$OUT/processes.tsv"
+    printf '%s\t%s\n' "$name" "$(quote_command "$@")" >>"$OUT/processes.tsv"
 }
 
 pid_of() { cat "$PIDS/$1.pid"; }
+
+# Prints the arguments as one shell-quoted command line.
+quote_command() {
+    local quoted
+    printf -v quoted '%q ' "$@"
+    echo "${quoted% }"
+}
 
 # Sends SIGTERM to the pid recorded for $1, waits up to 5 s, then sends SIGKILL.
 stop_process() {
@@ -109,7 +116,7 @@ trap 'exit 130' INT TERM
 # Fails unless nothing listens on 127.0.0.1:$1.
 check_port_free() {
     if [ -n "$(ss -Hltn "src 127.0.0.1:$1")" ]; then
-        fail "127.0.0.1:$1 is already in use; stop its listener or set PERF_BASE_PORT"
+        fail "127.0.0.1:$1 is already in use. Stop its listener or set PERF_BASE_PORT"
     fi
 }
 
@@ -191,17 +198,19 @@ measure() {
     jiffies_after=$(machine_jiffies)
     cpu_after=$(cpu_seconds "${relays[@]}")
     python3 - "$measurement" "$path" "$raw" "$status" "$start" "$end" "$cpu_before" "$cpu_after" \
-        "$jiffies_before" "$jiffies_after" "$*" >>"$RUNS" <<'PY'
+        "$jiffies_before" "$jiffies_after" "$(quote_command "$@")" >>"$RUNS" <<'PY'
 import sys
-m, path, raw, status, start, end, cpu0, cpu1, j0, j1, command = sys.argv[1:]
-busy0, total0 = map(int, j0.split())
-busy1, total1 = map(int, j1.split())
-busy = 100 * (busy1 - busy0) / max(total1 - total0, 1)
+(measurement, path, raw, status, start, end, cpu_before, cpu_after,
+ jiffies_before, jiffies_after, command) = sys.argv[1:]
+busy_before, total_before = map(int, jiffies_before.split())
+busy_after, total_after = map(int, jiffies_after.split())
+busy = 100 * (busy_after - busy_before) / max(total_after - total_before, 1)
 wall = float(end) - float(start)
-cpu = float(cpu1) - float(cpu0)
-print("\t".join([m, path, raw, status, f"{wall:.2f}", f"{cpu:.2f}", f"{busy:.0f}", command]))
+cpu = float(cpu_after) - float(cpu_before)
+fields = [measurement, path, raw, status, f"{wall:.2f}", f"{cpu:.2f}", f"{busy:.0f}", command]
+print("\t".join(fields))
 PY
-    [ "$status" -eq 0 ] || echo "    $measurement via $path failed with status $status; see $raw.stderr" >&2
+    [ "$status" -eq 0 ] || echo "    $measurement via $path failed with status $status, see $raw.stderr" >&2
 }
 
 # Runs iperf3 once against a fresh `iperf3 -s -1`.
@@ -246,6 +255,20 @@ record_memory() {
     ' "/proc/$pid/status" >>"$OUT/memory.tsv"
 }
 
+# Prints "thread name: CPU list" for every thread of the recorded processes named in the
+# arguments that is pinned to fewer CPUs than the machine has.
+pinned_threads() {
+    local name pid task comm cpus
+    for name in "$@"; do
+        pid=$(pid_of "$name")
+        for task in /proc/"$pid"/task/*; do
+            comm=$(cat "$task/comm")
+            cpus=$(awk '/^Cpus_allowed_list:/ { print $2 }' "$task/status")
+            [ "$cpus" = "0-$(($(nproc) - 1))" ] || printf '%s: CPU %s; ' "$comm" "$cpus"
+        done
+    done
+}
+
 # --- Checks -----------------------------------------------------------------------------
 
 check_int PERF_SHARDS "$SHARDS" 1 64
@@ -256,7 +279,7 @@ check_int PERF_REDIS_REQUESTS_KA "$REDIS_REQUESTS_KA" 1 10000000
 check_int PERF_REDIS_REQUESTS_NEW "$REDIS_REQUESTS_NEW" 1 1000000
 case $RATHOLE_MODE in
     auto | off) ;;
-    *) fail "PERF_RATHOLE=$RATHOLE_MODE is invalid; use auto or off" ;;
+    *) fail "PERF_RATHOLE=$RATHOLE_MODE is invalid. Use auto or off" ;;
 esac
 
 for tool in cargo openssl python3 iperf3 redis-server redis-cli redis-benchmark ss timeout; do
@@ -337,7 +360,8 @@ step "Starting redis-server on 127.0.0.1:$REDIS_PORT"
 start_process redis-server "$RAW/redis-server.log" \
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
 wait_redis "$REDIS_PORT" 10 || fail "redis-server does not answer; see $RAW/redis-server.log"
-# redis-benchmark GET reads this key; its default value size is 3 bytes.
+# redis-benchmark GET reads this literal key. The value has 3 bytes, like the values that
+# redis-benchmark writes by default (-d 3).
 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" set 'key:__rand_int__' xxx >/dev/null
 
 step "Starting the Server (Agent port $AGENT_PORT) and the Agent, $SHARDS shards each"
@@ -352,6 +376,7 @@ wait_redis "$GATEWAY_REDIS_PORT" 20 ||
     fail "redis does not answer through the gateway; see $SERVER_DIR/server.log and $AGENT_DIR/log/agent.log"
 record_memory idle ipaas-server
 record_memory idle ipaas-agent
+GATEWAY_PINNING=$(pinned_threads ipaas-server ipaas-agent)
 
 if [ -n "$RATHOLE_BIN" ]; then
     step "Starting rathole with its TLS transport (control port $RATHOLE_PORT)"
@@ -416,7 +441,7 @@ TOML
         record_memory idle rathole-client
     else
         RATHOLE_REASON="rathole did not relay redis within 30 s (see perf/out/rathole/*.log)"
-        echo "warning: $RATHOLE_REASON; rathole is not measured" >&2
+        echo "warning: $RATHOLE_REASON, so rathole is not measured" >&2
         stop_process rathole-client
         stop_process rathole-server
         RATHOLE_BIN=""
@@ -494,11 +519,17 @@ stop_process redis-server
     echo "rustc=$(rustc --version)"
     echo "iperf3=$(iperf3 --version | head -n 1)"
     echo "redis=$(redis-server --version)"
-    echo "rathole=${RATHOLE_BIN:+$("$RATHOLE_BIN" --version 2>&1 | head -n 1)}"
+    echo "rathole=${RATHOLE_BIN:+$("$RATHOLE_BIN" --version 2>&1 | awk '/Build Version/ { print "rathole " $3 }')}"
     echo "rathole_reason=$RATHOLE_REASON"
     echo "shards=$SHARDS"
+    echo "pinning=${GATEWAY_PINNING%; }"
     echo "duration=$DURATION"
     echo "redis_clients=$REDIS_CLIENTS"
+    # Server shard of each Agent session: SO_REUSEPORT picks it from the connection's
+    # address hash, so it can differ between runs.
+    echo "session_shards=$(grep "Agent session established" "$SERVER_DIR/server.log" |
+        sed -n 's/.*session{[^}]*shard=\([0-9]*\).*/\1/p' | sort | uniq -c |
+        awk '{ printf "%s%s on shard %s", sep, $1, $2; sep = ", " }')"
 } >"$OUT/machine.txt"
 
 step "Writing perf/out/results.md"

@@ -8,7 +8,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPublicKey};
+use rsa::pkcs1::der::zeroize::Zeroizing;
+use rsa::pkcs1::{
+    DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding,
+};
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
@@ -18,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 /// Smallest modulus accepted at all.
 pub const MIN_KEY_BITS: usize = 1024;
-/// Largest modulus accepted; bigger keys make each handshake needlessly slow.
-pub const MAX_KEY_BITS: usize = 8192;
+/// Largest modulus accepted; the rsa crate refuses larger public keys.
+pub const MAX_KEY_BITS: usize = 4096;
 /// Modulus size below which a warning recommends a new key.
 pub const RECOMMENDED_KEY_BITS: usize = 2048;
 
@@ -124,6 +127,29 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
+/// A new key pair in PEM form with LF line endings: the private key as PKCS#1
+/// (`RSA PRIVATE KEY`) and the public key as PKCS#1 (`RSA PUBLIC KEY`, the form
+/// `openssl rsa -RSAPublicKey_out` writes).
+pub struct PemKeyPair {
+    /// Private key text, overwritten with zeros when dropped.
+    pub private_pem: Zeroizing<String>,
+    pub public_pem: String,
+}
+
+impl PemKeyPair {
+    /// Generates an RSA key of `bits` bits, public exponent 65537, from the operating
+    /// system's random number generator.
+    pub fn generate(bits: usize) -> Result<Self, rsa::Error> {
+        let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)?;
+        let private_pem = key.to_pkcs1_pem(LineEnding::LF)?;
+        let public_pem = key.to_public_key().to_pkcs1_pem(LineEnding::LF)?;
+        Ok(Self {
+            private_pem,
+            public_pem,
+        })
+    }
+}
+
 /// A registered public key of a gateway.
 #[derive(Clone)]
 pub struct PublicKey {
@@ -136,7 +162,14 @@ pub struct PublicKey {
 impl PublicKey {
     /// Loads a PKCS#1 (`RSA PUBLIC KEY`) or SPKI (`PUBLIC KEY`) PEM public key.
     pub fn load(path: &Path, min_bits: usize) -> Result<Self, KeyError> {
-        let text = read_pem_text(path)?;
+        Self::parse(&read_pem_text(path)?, path, min_bits)
+    }
+
+    /// Parses PEM text, such as a key uploaded to the admin API; `path` names its source in
+    /// errors and logs.
+    pub fn parse(text: &str, path: &Path, min_bits: usize) -> Result<Self, KeyError> {
+        let text = text.replace("\r\n", "\n");
+        let text = text.trim_start_matches('\u{feff}').trim().to_owned() + "\n";
         let key = RsaPublicKey::from_pkcs1_pem(&text)
             .or_else(|pkcs1| {
                 RsaPublicKey::from_public_key_pem(&text)
@@ -193,7 +226,7 @@ impl fmt::Debug for PublicKey {
 }
 
 /// SHA-256 over the PKCS#1 DER form of a public key, shown as `SHA256:` and hex.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
@@ -434,5 +467,25 @@ mod tests {
         let pem = std::fs::read_to_string(&private).unwrap();
         let body_line = pem.lines().nth(1).unwrap();
         assert!(!debug.contains(body_line));
+    }
+
+    #[test]
+    fn generated_pair_loads_and_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = PemKeyPair::generate(2048).unwrap();
+        assert!(pair
+            .private_pem
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
+        assert!(pair
+            .public_pem
+            .starts_with("-----BEGIN RSA PUBLIC KEY-----\n"));
+        assert!(pair.public_pem.ends_with("-----END RSA PUBLIC KEY-----\n"));
+
+        let private = dir.path().join("private.pem");
+        let public = dir.path().join("public.pem");
+        std::fs::write(&private, pair.private_pem.as_bytes()).unwrap();
+        std::fs::write(&public, &pair.public_pem).unwrap();
+        sign_and_verify(&private, &public);
+        assert_eq!(PublicKey::load(&public, 0).unwrap().bits(), 2048);
     }
 }

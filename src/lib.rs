@@ -20,6 +20,7 @@ pub mod backend;
 pub mod config;
 pub mod keys;
 pub mod protocol;
+pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod telemetry;

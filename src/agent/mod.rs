@@ -5,6 +5,9 @@
 //! The Agent dials only the targets in its own config. A stream for any other service is
 //! reset, logged and counted, so a compromised Server cannot reach other hosts.
 
+pub mod check;
+pub mod keygen;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -90,29 +93,7 @@ fn report_failure(agent: &AgentShared, shard: usize, error: &SessionError) {
     match error {
         SessionError::Rejected { reason, message } => {
             agent.stats.rejections.increment();
-            let hint = match reason {
-                RejectReason::UnknownGateway => format!(
-                    "check `gateway_id: {}` in {}",
-                    config.gateway_id,
-                    agent.config_file.display()
-                ),
-                RejectReason::AddressNotAllowed => format!(
-                    "add the address this Agent connects from to the Agent IP allowlist of gateway `{}` on the Server",
-                    config.gateway_id
-                ),
-                RejectReason::BadSignature => format!(
-                    "the key {} (fingerprint {}) is not registered for gateway `{}`; register its public key, made with `openssl rsa -in private.pem -RSAPublicKey_out -out public.pem`",
-                    config.private_key.display(),
-                    agent.key.fingerprint(),
-                    config.gateway_id
-                ),
-                RejectReason::KeyTooSmall => format!(
-                    "the key {} has {} bits; create a larger one with `openssl genrsa -out private.pem 2048`",
-                    config.private_key.display(),
-                    agent.key.bits()
-                ),
-                _ => "check the Server's log for details".to_owned(),
-            };
+            let hint = rejection_hint(agent, *reason);
             tracing::error!(shard, %reason, server.message = %message, server.addr = %config.server, "the Server rejected this Agent: {hint}");
         }
         SessionError::Tls(error) => tracing::error!(
@@ -120,6 +101,35 @@ fn report_failure(agent: &AgentShared, shard: usize, error: &SessionError) {
             "TLS with the Server failed; check that configs/client/ holds the files issued by this Server and that server.tls_name matches its certificate"
         ),
         error => tracing::warn!(shard, %error, server.addr = %config.server, "session failed"),
+    }
+}
+
+/// Returns what the Agent's owner can do about a rejection, for the log and for
+/// `ipaas-agent check --connect`.
+fn rejection_hint(agent: &AgentShared, reason: RejectReason) -> String {
+    let config = &agent.config;
+    match reason {
+        RejectReason::UnknownGateway => format!(
+            "check `gateway_id: {}` in {}",
+            config.gateway_id,
+            agent.config_file.display()
+        ),
+        RejectReason::AddressNotAllowed => format!(
+            "add the address this Agent connects from to the Agent IP allowlist of gateway `{}` on the Server",
+            config.gateway_id
+        ),
+        RejectReason::BadSignature => format!(
+            "the key {} (fingerprint {}) is not registered for gateway `{}`; register its public key, made with `openssl rsa -in private.pem -RSAPublicKey_out -out public.pem`",
+            config.private_key.display(),
+            agent.key.fingerprint(),
+            config.gateway_id
+        ),
+        RejectReason::KeyTooSmall => format!(
+            "the key {} has {} bits; create a larger one with `openssl genrsa -out private.pem 2048`",
+            config.private_key.display(),
+            agent.key.bits()
+        ),
+        _ => "check the Server's log for details".to_owned(),
     }
 }
 
@@ -201,10 +211,9 @@ async fn connect_and_serve<R: Runtime>(
         let pool = Rc::clone(pool);
         move |id: u32, service: String| open_target(&runtime, &agent, &session, &pool, id, service)
     };
-    let heartbeat = (
-        Duration::from_millis(u64::from(welcome.heartbeat_interval_ms)),
-        Duration::from_millis(u64::from(welcome.heartbeat_timeout_ms)),
-    );
+    // Each side pings on its own schedule and answers the other's pings, so the Agent's
+    // own settings decide how fast it notices a dead Server.
+    let heartbeat = (config.heartbeat.interval, config.heartbeat.timeout);
     let result = session::drive(
         runtime.clone(),
         io,
@@ -387,7 +396,10 @@ fn open_target<R: Runtime>(
                 }
             };
             tracing::debug!(target = %target, "connected to the private service");
-            let (end, stats) = stream::relay(session, id, tcp, pool).await;
+            let (end, stats, tcp) = stream::relay(session, id, tcp, pool).await;
+                if end != stream::StreamEnd::Finished {
+                    runtime_for_task.abort(tcp);
+                }
             tracing::debug!(?end, bytes.sent = stats.sent, bytes.received = stats.received, "stream ended");
         }
         .instrument(span),

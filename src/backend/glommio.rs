@@ -84,6 +84,21 @@ impl Runtime for Glommio {
         // SAFETY: `duplicate` is a fresh descriptor owned by nobody else.
         Ok(unsafe { std::net::TcpStream::from_raw_fd(duplicate) })
     }
+
+    fn abort(&self, stream: TcpStream) {
+        if let Err(error) = Self::set_linger_zero(&stream) {
+            tracing::debug!(%error, "cannot set SO_LINGER for a reset");
+        }
+    }
+}
+
+impl Glommio {
+    fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
+        // SAFETY: the descriptor stays open for the duration of the borrow because `stream`
+        // owns it and outlives this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO))
+    }
 }
 
 /// Runs `shard_main` on `shards` pinned executors and waits for all of them to return.

@@ -49,6 +49,10 @@ pub trait Runtime: Clone + 'static {
 
     /// Releases a connection so that another shard can adopt it.
     fn release(&self, stream: Self::Tcp) -> io::Result<std::net::TcpStream>;
+
+    /// Closes a connection with a TCP reset instead of a FIN, so that the peer sees that
+    /// the transfer broke off rather than finished.
+    fn abort(&self, stream: Self::Tcp);
 }
 
 /// Backlog of every listening socket.

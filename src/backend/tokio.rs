@@ -67,6 +67,14 @@ impl Runtime for Tokio {
     fn release(&self, stream: Self::Tcp) -> io::Result<std::net::TcpStream> {
         stream.into_inner().into_std()
     }
+
+    fn abort(&self, stream: Self::Tcp) {
+        if let Err(error) =
+            socket2::SockRef::from(stream.get_ref()).set_linger(Some(Duration::ZERO))
+        {
+            tracing::debug!(%error, "cannot set SO_LINGER for a reset");
+        }
+    }
 }
 
 /// Runs `shard_main` on `shards` threads, each with its own current-thread runtime, and

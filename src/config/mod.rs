@@ -68,6 +68,11 @@ impl Problems {
         }
     }
 
+    /// Reports whether a problem was recorded for `key`.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.list.iter().any(|problem| problem.key == key)
+    }
+
     pub(crate) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.list.push(Problem {
             key: key.into(),

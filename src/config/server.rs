@@ -17,6 +17,7 @@ use super::{
     RawRuntime, RuntimeSettings,
 };
 use crate::keys::{self, PublicKey};
+use crate::registry::{GatewayRecord, ServiceRecord};
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Deserialize)]
@@ -38,9 +39,55 @@ struct Raw {
     drain_timeout: String,
     #[serde(default)]
     log: RawLogger,
+    #[serde(default = "default_data_dir")]
+    data_dir: String,
+    #[serde(default = "default_pki_dir")]
+    pki_dir: String,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    package: RawPackage,
     #[serde(default)]
     gateways: Vec<RawGateway>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    #[serde(default)]
+    server_address: Option<String>,
+    #[serde(default)]
+    server_name: Option<String>,
+    #[serde(default = "default_artifacts_dir")]
+    artifacts_dir: String,
+}
+
+fn default_data_dir() -> String {
+    "data".into()
+}
+fn default_pki_dir() -> String {
+    "pki".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:7001".into()
+}
+fn default_artifacts_dir() -> String {
+    "artifacts".into()
+}
+
+/// Shortest admin token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +112,8 @@ struct RawGateway {
 struct RawService {
     name: String,
     listen: String,
+    #[serde(default)]
+    target: Option<String>,
 }
 
 fn default_handshake_timeout() -> String {
@@ -97,7 +146,65 @@ pub struct ServerConfig {
     /// How long in-flight streams may run after SIGTERM before the sessions close.
     pub drain_timeout: Duration,
     pub log: LoggerConfig,
+    /// Folder of the registry database.
+    pub data_dir: PathBuf,
+    /// Folder made by `ipaas-server pki init`, used to issue Agent certificates.
+    pub pki_dir: PathBuf,
+    pub admin: Option<AdminConfig>,
+    pub package: PackageSettings,
+    /// Gateways listed in the file, imported into an empty registry at start.
     pub gateways: Vec<Gateway>,
+    /// The same gateways as registry records.
+    pub import: Vec<GatewayRecord>,
+}
+
+/// The admin API: loopback by default, protected by a bearer token.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Secret,
+}
+
+/// What goes into Agent packages.
+#[derive(Debug, Clone)]
+pub struct PackageSettings {
+    /// `host:port` the Agents dial; defaults to `listen`.
+    pub server_address: String,
+    /// Name in the Server's certificate; defaults to the host of `server_address`.
+    pub server_name: String,
+    /// Folder with `Linux/ipaas-agent`, `Mac/ipaas-agent`, `Windows/ipaas-agent.exe`.
+    pub artifacts_dir: PathBuf,
+}
+
+/// A secret string whose `Debug` output shows nothing of it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// Compares in time independent of where the inputs differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        let mut difference = expected.len() ^ candidate.len();
+        for (index, byte) in expected.iter().enumerate() {
+            difference |= usize::from(byte ^ candidate.get(index).copied().unwrap_or(0));
+        }
+        difference == 0
+    }
+
+    /// The secret itself, for sending it; never log the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// A gateway: the Agents allowed to serve it and the services it exposes.
@@ -175,6 +282,7 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigErr
     let mut gateway_ids = HashSet::new();
     let mut listen_addrs = HashSet::from([listen]);
     let mut gateways = Vec::new();
+    let mut import = Vec::new();
     for (index, raw_gateway) in raw.gateways.iter().enumerate() {
         let key = format!("gateways[{index}]");
         problems.name(&format!("{key}.id"), "gateway id", &raw_gateway.id);
@@ -253,7 +361,81 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigErr
             allow,
             services,
         });
+        import.push(GatewayRecord {
+            id: raw_gateway.id.clone(),
+            name: String::new(),
+            public_keys: raw_gateway
+                .public_keys
+                .iter()
+                .filter_map(|path| std::fs::read_to_string(resolve_path(root, path)).ok())
+                .collect(),
+            allow: raw_gateway.allow.clone(),
+            services: raw_gateway
+                .services
+                .iter()
+                .map(|service| ServiceRecord {
+                    name: service.name.clone(),
+                    target: service.target.clone().unwrap_or_default(),
+                    listen: service.listen.clone(),
+                })
+                .collect(),
+        });
     }
+
+    let admin = raw.admin.as_ref().map(|admin| {
+        let listen = problems.socket_addr("admin.listen", &admin.listen);
+        let token = match (&admin.token, &admin.token_file) {
+            (Some(token), None) => token.trim().to_owned(),
+            (None, Some(file)) => std::fs::read_to_string(resolve_path(root, file))
+                .map(|token| token.trim().to_owned())
+                .unwrap_or_else(|error| {
+                    problems.push("admin.token_file", format!("cannot read {file}: {error}"));
+                    String::new()
+                }),
+            _ => {
+                problems.push(
+                    "admin",
+                    "set exactly one of `token` and `token_file`; `ipaas-server init` writes a random token",
+                );
+                String::new()
+            }
+        };
+        if token.len() < MIN_TOKEN_LEN && !problems.has("admin") {
+            problems.push(
+                "admin.token",
+                format!("the token must be at least {MIN_TOKEN_LEN} characters; generate one with `openssl rand -hex 24`"),
+            );
+        }
+        AdminConfig {
+            listen,
+            token: Secret::new(token),
+        }
+    });
+
+    let server_address = raw
+        .package
+        .server_address
+        .clone()
+        .unwrap_or_else(|| listen.to_string());
+    let server_name = match (
+        &raw.package.server_name,
+        super::Endpoint::parse(&server_address),
+    ) {
+        (Some(name), _) => name.clone(),
+        (None, Some(endpoint)) => endpoint.host,
+        (None, None) => {
+            problems.push(
+                "package.server_address",
+                format!("invalid address `{server_address}`; write the `host:port` Agents dial, such as `gw.example.com:7000`"),
+            );
+            String::new()
+        }
+    };
+    let package = PackageSettings {
+        server_address,
+        server_name,
+        artifacts_dir: resolve_path(root, &raw.package.artifacts_dir),
+    };
 
     let config = ServerConfig {
         listen,
@@ -269,13 +451,18 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigErr
         min_key_bits: raw.min_key_bits,
         drain_timeout,
         log,
+        data_dir: resolve_path(root, &raw.data_dir),
+        pki_dir: resolve_path(root, &raw.pki_dir),
+        admin,
+        package,
         gateways,
+        import,
     };
     problems.finish(config)
 }
 
 /// Parses a CIDR, or a single address as a host network (/32 or /128).
-fn parse_cidr(value: &str) -> Option<IpNet> {
+pub fn parse_cidr(value: &str) -> Option<IpNet> {
     let value = value.trim();
     if let Ok(net) = value.parse::<IpNet>() {
         return Some(net.trunc());

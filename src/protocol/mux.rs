@@ -632,7 +632,7 @@ impl Mux {
         if self.role == Role::Server {
             return Err(MuxError::OpenFromAgent { stream_id: id });
         }
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             return Err(MuxError::OpenEvenId { stream_id: id });
         }
         if id <= self.last_stream_id {

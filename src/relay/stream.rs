@@ -49,13 +49,15 @@ struct Downstream {
 }
 
 /// Relays `tcp` to stream `id` of `session` until both directions finish or either side
-/// resets.
+/// resets, then returns the connection: after any end but [`StreamEnd::Finished`] the
+/// caller closes it with a reset ([`crate::backend::Runtime::abort`]), so that a broken
+/// transfer never looks complete.
 pub async fn relay<T: AsyncRead + AsyncWrite + Unpin>(
     session: Rc<Session>,
     id: u32,
     mut tcp: T,
     pool: Rc<BufferPool>,
-) -> (StreamEnd, StreamStats) {
+) -> (StreamEnd, StreamStats, T) {
     let mut up = Upstream {
         buffer: pool.take(),
         done: false,
@@ -94,7 +96,7 @@ pub async fn relay<T: AsyncRead + AsyncWrite + Unpin>(
         session.reset(id, ResetReason::Cancelled);
     }
     session.forget(id);
-    (end, stats)
+    (end, stats, tcp)
 }
 
 fn poll_upstream<T: AsyncRead + Unpin>(

@@ -18,7 +18,7 @@ use crate::relay::SessionError;
 
 /// An authenticated Agent.
 pub(super) struct Accepted {
-    pub gateway: usize,
+    pub gateway: std::sync::Arc<super::GatewayState>,
     pub agent_name: String,
     pub key_fingerprint: Fingerprint,
     /// Plaintext that arrived after the Auth message.
@@ -55,7 +55,7 @@ pub(super) async fn authenticate<T: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(error) => return Err(error.into()),
     };
-    let Some(&gateway) = shared.gateway_index.get(&hello.gateway_id) else {
+    let Some(gateway) = shared.snapshot().gateways.get(&hello.gateway_id).cloned() else {
         let message = format!("gateway `{}` is not known to this Server", hello.gateway_id);
         return reject(
             io,
@@ -66,7 +66,7 @@ pub(super) async fn authenticate<T: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     };
-    let state = &shared.gateways[gateway];
+    let state = &gateway;
     if !state.config.allows(peer.ip()) {
         let message = format!(
             "source address {} is not in the Agent IP allowlist of gateway `{}`",
@@ -147,10 +147,11 @@ pub(super) async fn authenticate<T: AsyncRead + AsyncWrite + Unpin>(
     .encode(&mut out);
     io.send(&out).await?;
 
+    let key_fingerprint = key.fingerprint().clone();
     Ok(Accepted {
         gateway,
         agent_name: hello.agent_name,
-        key_fingerprint: key.fingerprint().clone(),
+        key_fingerprint,
         pending,
     })
 }

@@ -1,18 +1,24 @@
 //! The Server role: per shard, an Agent listener and one entry listener per service (all
-//! bound with `SO_REUSEPORT`), the Agent handshake, and routing of entry connections to a
-//! session of the service's gateway.
+//! bound with `SO_REUSEPORT` on Linux), the Agent handshake, and routing of entry
+//! connections to a session of the service's gateway.
 //!
-//! An entry connection accepted on a shard that has no session of its gateway is handed,
-//! as a socket, to a shard that has one.
+//! Gateways come from the registry. After every change [`ServerShared::reload`] publishes
+//! a new [`Snapshot`] and tells each shard to reconcile: bind listeners of new services,
+//! close those of removed ones, and close sessions whose Agent no longer passes the
+//! allowlist or key check. An entry connection accepted on a shard that has no session of
+//! its gateway is handed, as a socket, to a shard that has one.
 
+pub mod admin;
+pub mod cli;
 mod handshake;
+pub mod package;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -20,7 +26,9 @@ use tracing::Instrument;
 use crate::backend::{timeout, Runtime, SHARED_LISTENERS};
 use crate::config::server::Gateway;
 use crate::config::ServerConfig;
+use crate::keys::Fingerprint;
 use crate::protocol::mux::{Mux, MuxConfig, Role};
+use crate::registry::{self, GatewayRecord, Registry, RegistryError};
 use crate::relay::tls::TlsIo;
 use crate::relay::{session, stream, BufferPool, Session, Trigger};
 use crate::telemetry::Counter;
@@ -40,91 +48,183 @@ pub struct ServerStats {
     pub handoffs: Counter,
     /// Entry connections closed because no Agent of the gateway was connected.
     pub no_agent: Counter,
+    /// Sessions closed because a registry change no longer admits their Agent.
+    pub revoked: Counter,
 }
 
-/// A gateway and the number of its live sessions on each shard.
+/// Live sessions of one gateway per shard; kept across registry changes.
+#[derive(Debug)]
+pub struct LiveCounts {
+    per_shard: Vec<AtomicUsize>,
+    next_shard: AtomicUsize,
+}
+
+/// A gateway as the data plane sees it.
 pub struct GatewayState {
     pub config: Gateway,
-    live: Vec<AtomicUsize>,
-    next_shard: AtomicUsize,
+    pub record: GatewayRecord,
+    live: Arc<LiveCounts>,
+}
+
+/// The gateways in force; replaced as a whole on every registry change.
+#[derive(Default)]
+pub struct Snapshot {
+    pub gateways: HashMap<String, Arc<GatewayState>>,
+}
+
+/// Messages to a shard.
+pub enum ShardMessage {
+    /// An entry connection accepted by another shard.
+    Handoff(Handoff),
+    /// The snapshot changed.
+    Reconfigure,
 }
 
 /// An entry connection moving to another shard.
 pub struct Handoff {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    gateway: usize,
-    service: usize,
+    gateway: String,
+    service: String,
 }
 
 /// What every shard of the Server shares.
 pub struct ServerShared {
     pub config: ServerConfig,
     pub tls: Arc<rustls::ServerConfig>,
-    pub gateways: Vec<GatewayState>,
-    pub gateway_index: HashMap<String, usize>,
-    pub handoff: Vec<flume::Sender<Handoff>>,
+    pub registry: Arc<dyn Registry>,
     pub stats: ServerStats,
+    snapshot: RwLock<Arc<Snapshot>>,
+    live: Mutex<HashMap<String, Arc<LiveCounts>>>,
+    shards: usize,
+    messages: Vec<flume::Sender<ShardMessage>>,
     next_session: AtomicU64,
 }
 
 impl ServerShared {
-    /// Builds the shared state for `shards` shards; returns the handoff receivers, one per shard.
+    /// Builds the shared state for `shards` shards and loads the registry; returns the
+    /// message receivers, one per shard.
     pub fn new(
         config: ServerConfig,
         tls: Arc<rustls::ServerConfig>,
+        registry: Arc<dyn Registry>,
         shards: usize,
-    ) -> (Arc<Self>, Vec<flume::Receiver<Handoff>>) {
+    ) -> Result<(Arc<Self>, Vec<flume::Receiver<ShardMessage>>), RegistryError> {
         let (senders, receivers) = (0..shards).map(|_| flume::unbounded()).unzip();
-        let gateways: Vec<GatewayState> = config
-            .gateways
-            .iter()
-            .map(|gateway| GatewayState {
-                config: gateway.clone(),
-                live: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
-                next_shard: AtomicUsize::new(0),
-            })
-            .collect();
-        let gateway_index = gateways
-            .iter()
-            .enumerate()
-            .map(|(index, gateway)| (gateway.config.id.clone(), index))
-            .collect();
         let shared = Arc::new(Self {
             config,
             tls,
-            gateways,
-            gateway_index,
-            handoff: senders,
+            registry,
             stats: ServerStats::default(),
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            live: Mutex::new(HashMap::new()),
+            shards,
+            messages: senders,
             next_session: AtomicU64::new(1),
         });
-        (shared, receivers)
+        shared.reload()?;
+        Ok((shared, receivers))
     }
+
+    /// The gateways in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(
+            &self
+                .snapshot
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Rebuilds the snapshot from the registry and tells every shard to reconcile.
+    pub fn reload(&self) -> Result<(), RegistryError> {
+        let mut gateways = HashMap::new();
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for record in self.registry.list()? {
+            let config = match registry::resolve(&record, self.config.min_key_bits) {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::error!(gateway.id = %record.id, %error, "stored gateway is invalid and is not served");
+                    continue;
+                }
+            };
+            let counts = live.entry(record.id.clone()).or_insert_with(|| {
+                Arc::new(LiveCounts {
+                    per_shard: (0..self.shards).map(|_| AtomicUsize::new(0)).collect(),
+                    next_shard: AtomicUsize::new(0),
+                })
+            });
+            let state = GatewayState {
+                config,
+                live: Arc::clone(counts),
+                record,
+            };
+            gateways.insert(state.record.id.clone(), Arc::new(state));
+        }
+        drop(live);
+
+        let count = gateways.len();
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Snapshot { gateways });
+        for sender in &self.messages {
+            let _ = sender.send(ShardMessage::Reconfigure);
+        }
+        tracing::info!(gateways = count, "gateway configuration applied");
+        Ok(())
+    }
+}
+
+/// A listener's identity: a service's entry address.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ListenerKey {
+    gateway: String,
+    service: String,
+    listen: SocketAddr,
+}
+
+/// An authenticated session and what admitted it.
+struct LiveSession {
+    session: Rc<Session>,
+    peer: SocketAddr,
+    key: Fingerprint,
 }
 
 /// State of one Server shard.
 struct Shard<R: Runtime> {
     runtime: R,
     shared: Arc<ServerShared>,
-    /// Live sessions per gateway, by gateway index.
-    sessions: RefCell<Vec<Vec<Rc<Session>>>>,
+    /// Live sessions by gateway id.
+    sessions: RefCell<HashMap<String, Vec<LiveSession>>>,
+    /// Entry listeners of this shard, each with the trigger that stops its accept loop.
+    listeners: RefCell<HashMap<ListenerKey, Rc<Trigger>>>,
     next_session: Cell<usize>,
     unauthenticated: Cell<usize>,
     pool: Rc<BufferPool>,
     shutdown: Rc<Trigger>,
 }
 
+impl<R: Runtime> Shard<R> {
+    fn listens(&self) -> bool {
+        SHARED_LISTENERS || self.runtime.shard() == 0
+    }
+}
+
 /// Runs one Server shard until `shutdown` fires and its sessions have drained.
 pub async fn run_shard<R: Runtime>(
     runtime: R,
     shared: Arc<ServerShared>,
-    handoff: flume::Receiver<Handoff>,
+    messages: flume::Receiver<ShardMessage>,
     shutdown: Rc<Trigger>,
 ) -> anyhow::Result<()> {
     let shard = Rc::new(Shard {
         runtime: runtime.clone(),
-        sessions: RefCell::new(vec![Vec::new(); shared.gateways.len()]),
+        sessions: RefCell::new(HashMap::new()),
+        listeners: RefCell::new(HashMap::new()),
         shared: Arc::clone(&shared),
         next_session: Cell::new(0),
         unauthenticated: Cell::new(0),
@@ -132,17 +232,28 @@ pub async fn run_shard<R: Runtime>(
         shutdown: Rc::clone(&shutdown),
     });
 
-    if SHARED_LISTENERS || runtime.shard() == 0 {
-        bind_listeners(&shard)?;
+    if shard.listens() {
+        let agent_listener = runtime.listen(shared.config.listen).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot listen for Agents on {}: {error}",
+                shared.config.listen
+            )
+        })?;
+        runtime.spawn(accept_agents(Rc::clone(&shard), agent_listener));
     }
-    runtime.spawn(receive_handoffs(Rc::clone(&shard), handoff));
+    reconcile(&shard, true)?;
+    runtime.spawn(receive_messages(Rc::clone(&shard), messages));
     tracing::debug!(shard = runtime.shard(), "shard listening");
 
     shutdown.wait().await;
 
     // Sessions drain on their own (see `watch_shutdown`); wait for them to end.
     let deadline = std::time::Instant::now() + shared.config.drain_timeout + Duration::from_secs(2);
-    while shard.sessions.borrow().iter().any(|list| !list.is_empty())
+    while shard
+        .sessions
+        .borrow()
+        .values()
+        .any(|list| !list.is_empty())
         && std::time::Instant::now() < deadline
     {
         runtime.sleep(Duration::from_millis(20)).await;
@@ -151,31 +262,133 @@ pub async fn run_shard<R: Runtime>(
     Ok(())
 }
 
-/// Binds the Agent listener and every entry listener, and starts their accept loops.
-fn bind_listeners<R: Runtime>(shard: &Rc<Shard<R>>) -> anyhow::Result<()> {
-    let (runtime, shared) = (&shard.runtime, &shard.shared);
-    let agent_listener = runtime.listen(shared.config.listen).map_err(|error| {
-        anyhow::anyhow!(
-            "cannot listen for Agents on {}: {error}",
-            shared.config.listen
-        )
-    })?;
-    runtime.spawn(accept_agents(Rc::clone(shard), agent_listener));
+/// Brings the shard in line with the snapshot: entry listeners, then sessions. At start
+/// (`initial`) a listener that cannot bind is an error; later it is logged.
+fn reconcile<R: Runtime>(shard: &Rc<Shard<R>>, initial: bool) -> anyhow::Result<()> {
+    let snapshot = shard.shared.snapshot();
 
-    for (gateway, state) in shared.gateways.iter().enumerate() {
-        for (service, entry) in state.config.services.iter().enumerate() {
-            let listener = runtime.listen(entry.listen).map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot listen on {} for service `{}` of gateway `{}`: {error}",
-                    entry.listen,
-                    entry.name,
-                    state.config.id
-                )
-            })?;
-            runtime.spawn(accept_entries(Rc::clone(shard), listener, gateway, service));
+    if shard.listens() {
+        let desired: HashSet<ListenerKey> = snapshot
+            .gateways
+            .values()
+            .flat_map(|gateway| {
+                gateway.config.services.iter().map(|service| ListenerKey {
+                    gateway: gateway.config.id.clone(),
+                    service: service.name.clone(),
+                    listen: service.listen,
+                })
+            })
+            .collect();
+
+        shard.listeners.borrow_mut().retain(|key, stop| {
+            let keep = desired.contains(key);
+            if !keep {
+                tracing::info!(gateway.id = %key.gateway, service = %key.service, listen = %key.listen, "service removed; entry listener closed");
+                stop.fire();
+            }
+            keep
+        });
+
+        for key in desired {
+            if shard.listeners.borrow().contains_key(&key) {
+                continue;
+            }
+            let listener = match shard.runtime.listen(key.listen) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let message = format!(
+                        "cannot listen on {} for service `{}` of gateway `{}`: {error}",
+                        key.listen, key.service, key.gateway
+                    );
+                    if initial {
+                        anyhow::bail!(message);
+                    }
+                    tracing::error!("{message}");
+                    continue;
+                }
+            };
+            if !initial {
+                tracing::info!(gateway.id = %key.gateway, service = %key.service, listen = %key.listen, "service added; entry listener open");
+            }
+            let stop = Trigger::new();
+            shard
+                .listeners
+                .borrow_mut()
+                .insert(key.clone(), Rc::clone(&stop));
+            shard
+                .runtime
+                .spawn(accept_entries(Rc::clone(shard), listener, key, stop));
         }
     }
+
+    // Sessions whose Agent the registry no longer admits.
+    let mut revoked = Vec::new();
+    for (gateway_id, list) in shard.sessions.borrow().iter() {
+        let gateway = snapshot.gateways.get(gateway_id);
+        for live in list {
+            let reason = match gateway {
+                None => Some("the gateway was deleted"),
+                Some(gateway) if !gateway.config.allows(live.peer.ip()) => {
+                    Some("the Agent's address is no longer in the allowlist")
+                }
+                Some(gateway)
+                    if !gateway
+                        .config
+                        .public_keys
+                        .iter()
+                        .any(|key| key.fingerprint() == &live.key) =>
+                {
+                    Some("the Agent's key is no longer registered")
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                revoked.push((
+                    gateway_id.clone(),
+                    Rc::clone(&live.session),
+                    live.peer,
+                    reason,
+                ));
+            }
+        }
+    }
+    for (gateway_id, session, peer, reason) in revoked {
+        let total = shard.shared.stats.revoked.increment();
+        tracing::warn!(gateway.id = %gateway_id, session.id = session.id, peer.addr = %peer, revoked_total = total, "closing Agent session: {reason}");
+        session.close();
+    }
     Ok(())
+}
+
+async fn receive_messages<R: Runtime>(
+    shard: Rc<Shard<R>>,
+    messages: flume::Receiver<ShardMessage>,
+) {
+    loop {
+        let received =
+            futures_lite::future::or(async { messages.recv_async().await.ok() }, async {
+                shard.shutdown.wait().await;
+                None
+            })
+            .await;
+        match received {
+            None => return,
+            Some(ShardMessage::Reconfigure) => {
+                let _ = reconcile(&shard, false);
+            }
+            Some(ShardMessage::Handoff(handoff)) => match shard.runtime.adopt(handoff.stream) {
+                Ok(tcp) => route(
+                    &shard,
+                    tcp,
+                    handoff.peer,
+                    &handoff.gateway,
+                    &handoff.service,
+                    false,
+                ),
+                Err(error) => tracing::warn!(%error, "cannot adopt a handed-over entry connection"),
+            },
+        }
+    }
 }
 
 async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
@@ -246,20 +459,32 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
         }
     };
 
-    let gateway = accepted.gateway;
-    let state = &shared.gateways[gateway];
+    let gateway = Arc::clone(&accepted.gateway);
+    let gateway_id = gateway.config.id.clone();
     let span = tracing::info_span!(
         "session",
         session.id = session_id,
-        gateway.id = %state.config.id,
+        gateway.id = %gateway_id,
         agent.name = %accepted.agent_name,
         peer.addr = %peer,
         shard = shard.runtime.shard()
     );
     let session = Session::new(session_id, Mux::new(Role::Server, MuxConfig::default()));
-    shard.sessions.borrow_mut()[gateway].push(Rc::clone(&session));
-    state.live[shard.runtime.shard()].fetch_add(1, Ordering::AcqRel);
+    shard
+        .sessions
+        .borrow_mut()
+        .entry(gateway_id.clone())
+        .or_default()
+        .push(LiveSession {
+            session: Rc::clone(&session),
+            peer,
+            key: accepted.key_fingerprint.clone(),
+        });
+    gateway.live.per_shard[shard.runtime.shard()].fetch_add(1, Ordering::AcqRel);
     shared.stats.sessions.increment();
+
+    // A registry change may have revoked this Agent while it was authenticating.
+    let _ = reconcile(&shard, false);
 
     let ended = Trigger::new();
     crate::agent::watch_shutdown(
@@ -293,56 +518,34 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
     .await;
     ended.fire();
 
-    state.live[shard.runtime.shard()].fetch_sub(1, Ordering::AcqRel);
-    shard.sessions.borrow_mut()[gateway].retain(|other| !Rc::ptr_eq(other, &session));
+    gateway.live.per_shard[shard.runtime.shard()].fetch_sub(1, Ordering::AcqRel);
+    if let Some(list) = shard.sessions.borrow_mut().get_mut(&gateway_id) {
+        list.retain(|live| !Rc::ptr_eq(&live.session, &session));
+    }
 }
 
 async fn accept_entries<R: Runtime>(
     shard: Rc<Shard<R>>,
     listener: R::Listener,
-    gateway: usize,
-    service: usize,
+    key: ListenerKey,
+    stop: Rc<Trigger>,
 ) {
     loop {
         let accepted = futures_lite::future::or(
             async { Some(shard.runtime.accept(&listener).await) },
             async {
-                shard.shutdown.wait().await;
+                futures_lite::future::or(shard.shutdown.wait(), stop.wait()).await;
                 None
             },
         )
         .await;
         match accepted {
             None => return,
-            Some(Ok((tcp, peer))) => route(&shard, tcp, peer, gateway, service, true),
+            Some(Ok((tcp, peer))) => route(&shard, tcp, peer, &key.gateway, &key.service, true),
             Some(Err(error)) => {
                 tracing::warn!(%error, "accepting an entry connection failed");
                 shard.runtime.sleep(Duration::from_millis(10)).await;
             }
-        }
-    }
-}
-
-async fn receive_handoffs<R: Runtime>(shard: Rc<Shard<R>>, handoff: flume::Receiver<Handoff>) {
-    loop {
-        let received = futures_lite::future::or(async { handoff.recv_async().await.ok() }, async {
-            shard.shutdown.wait().await;
-            None
-        })
-        .await;
-        let Some(handoff) = received else {
-            return;
-        };
-        match shard.runtime.adopt(handoff.stream) {
-            Ok(tcp) => route(
-                &shard,
-                tcp,
-                handoff.peer,
-                handoff.gateway,
-                handoff.service,
-                false,
-            ),
-            Err(error) => tracing::warn!(%error, "cannot adopt a handed-over entry connection"),
         }
     }
 }
@@ -353,19 +556,21 @@ fn route<R: Runtime>(
     shard: &Rc<Shard<R>>,
     tcp: R::Tcp,
     peer: SocketAddr,
-    gateway: usize,
-    service: usize,
+    gateway_id: &str,
+    service: &str,
     may_hand_off: bool,
 ) {
     let shared = &shard.shared;
-    let state = &shared.gateways[gateway];
-    let service_name = &state.config.services[service].name;
+    let Some(gateway) = shared.snapshot().gateways.get(gateway_id).cloned() else {
+        tracing::debug!(gateway.id = %gateway_id, "gateway was deleted; entry connection closed");
+        return;
+    };
 
-    if let Some(session) = pick_session(shard, gateway) {
-        let id = match session.open_stream(service_name) {
+    if let Some(session) = pick_session(shard, gateway_id) {
+        let id = match session.open_stream(service) {
             Ok(id) => id,
             Err(error) => {
-                tracing::warn!(%error, gateway.id = %state.config.id, service = %service_name, "cannot open a stream; entry connection closed");
+                tracing::warn!(%error, gateway.id = %gateway_id, service = %service, "cannot open a stream; entry connection closed");
                 return;
             }
         };
@@ -374,14 +579,18 @@ fn route<R: Runtime>(
             "stream",
             session.id = session.id,
             stream.id = id,
-            gateway.id = %state.config.id,
-            service = %service_name,
+            gateway.id = %gateway_id,
+            service = %service,
             peer.addr = %peer
         );
         let pool = Rc::clone(&shard.pool);
+        let runtime = shard.runtime.clone();
         shard.runtime.spawn(
             async move {
-                let (end, stats) = stream::relay(session, id, tcp, pool).await;
+                let (end, stats, tcp) = stream::relay(session, id, tcp, pool).await;
+                if end != stream::StreamEnd::Finished {
+                    runtime.abort(tcp);
+                }
                 tracing::debug!(
                     ?end,
                     bytes.sent = stats.sent,
@@ -395,22 +604,26 @@ fn route<R: Runtime>(
     }
 
     if may_hand_off {
-        let shards = state.live.len();
-        let start = state.next_shard.fetch_add(1, Ordering::Relaxed);
+        let live = &gateway.live;
+        let shards = live.per_shard.len();
+        let start = live.next_shard.fetch_add(1, Ordering::Relaxed);
         let here = shard.runtime.shard();
         let target = (0..shards)
             .map(|offset| (start + offset) % shards)
-            .find(|&other| other != here && state.live[other].load(Ordering::Acquire) > 0);
+            .find(|&other| other != here && live.per_shard[other].load(Ordering::Acquire) > 0);
         if let Some(target) = target {
             match shard.runtime.release(tcp) {
                 Ok(stream) => {
                     let handoff = Handoff {
                         stream,
                         peer,
-                        gateway,
-                        service,
+                        gateway: gateway_id.to_owned(),
+                        service: service.to_owned(),
                     };
-                    if shared.handoff[target].send(handoff).is_ok() {
+                    if shared.messages[target]
+                        .send(ShardMessage::Handoff(handoff))
+                        .is_ok()
+                    {
                         shared.stats.handoffs.increment();
                     }
                 }
@@ -422,19 +635,19 @@ fn route<R: Runtime>(
 
     let total = shared.stats.no_agent.increment();
     tracing::warn!(
-        gateway.id = %state.config.id, service = %service_name, peer.addr = %peer, closed_total = total,
+        gateway.id = %gateway_id, service = %service, peer.addr = %peer, closed_total = total,
         "no Agent of this gateway is connected; entry connection closed"
     );
 }
 
-/// Picks the next accepting session of `gateway` on this shard, round robin.
-fn pick_session<R: Runtime>(shard: &Shard<R>, gateway: usize) -> Option<Rc<Session>> {
+/// Picks the next accepting session of `gateway_id` on this shard, round robin.
+fn pick_session<R: Runtime>(shard: &Shard<R>, gateway_id: &str) -> Option<Rc<Session>> {
     let sessions = shard.sessions.borrow();
-    let list = &sessions[gateway];
+    let list = sessions.get(gateway_id)?;
     let start = shard.next_session.get();
     shard.next_session.set(start.wrapping_add(1));
     (0..list.len())
-        .map(|offset| &list[(start + offset) % list.len()])
+        .map(|offset| &list[(start + offset) % list.len()].session)
         .find(|session| session.is_accepting())
         .cloned()
 }

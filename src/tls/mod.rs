@@ -28,7 +28,7 @@ pub struct TlsFiles {
 #[non_exhaustive]
 pub enum TlsError {
     /// A PEM file is missing, unreadable or holds no usable item.
-    #[error("cannot load {what} from {path}: {detail}; run `ipaas-server pki init` to create the TLS files")]
+    #[error("cannot load {what} from {path}: {detail}")]
     Pem {
         what: &'static str,
         path: PathBuf,

@@ -187,6 +187,7 @@ pub struct Env {
 impl Env {
     /// Creates the folder and the PKI.
     pub fn new(backends: Backends) -> Self {
+        raise_fd_limit();
         let dir = tempfile::tempdir().unwrap();
         run(Command::new(SERVER_BIN)
             .args(["pki", "init", "--dir"])
@@ -471,5 +472,22 @@ pub fn deny_io_uring(command: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// Raises this test process's open-file limit to the hard limit: tests that run at the same
+/// time (200 echo clients among them) share it.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
