@@ -17,6 +17,7 @@ on_every_backend!(
     redis_keep_alive_and_new_connections,
     half_close_still_gets_the_reply,
     two_hundred_concurrent_echo_streams,
+    lost_agent_resets_entry_connection,
 );
 
 const STARTUP: Duration = Duration::from_secs(20);
@@ -271,4 +272,43 @@ fn two_hundred_concurrent_echo_streams(backends: Backends) {
         .filter(|result| matches!(result, Ok(true)))
         .count();
     assert_eq!(exact, 200);
+}
+
+/// Sends a bounded endless stream (at most 4 GiB) until the reader goes away.
+fn endless(mut stream: TcpStream) {
+    let chunk = [0x5au8; 64 * 1024];
+    for _ in 0..65_536 {
+        if stream.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+}
+
+fn lost_agent_resets_entry_connection(backends: Backends) {
+    let service = TestService::start(endless);
+    let (mut env, ports) = gateway_with(backends, &[("endless", service.target())]);
+    let mut stream = None;
+    wait_for("data through the gateway", STARTUP, || {
+        let Ok(mut candidate) = TcpStream::connect(("127.0.0.1", ports[0])) else {
+            return false;
+        };
+        candidate.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut first = [0u8; 1024];
+        let ok = candidate.read_exact(&mut first).is_ok();
+        stream = ok.then_some(candidate);
+        ok
+    });
+    let mut stream = stream.unwrap();
+
+    // The Agent dies mid-transfer: the entry client must see a reset, not a clean end.
+    env.agents[0].child.kill().unwrap();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let outcome = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break Ok(()),
+            Ok(_) => continue,
+            Err(error) => break Err(error.kind()),
+        }
+    };
+    assert_eq!(outcome, Err(std::io::ErrorKind::ConnectionReset));
 }
