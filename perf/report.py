@@ -3,13 +3,16 @@
 
 Usage: report.py OUT_DIR
 
-Reads OUT_DIR/runs.tsv (one line per measurement and path), the iperf3 JSON and
-redis-benchmark CSV files it names, memory.tsv, processes.tsv and machine.txt.
+Reads OUT_DIR/runs.tsv (one line per round, measurement and path), the iperf3 JSON and
+redis-benchmark CSV files it names, memory.tsv, processes.tsv and machine.txt. Figures are
+medians over the rounds. Ratios are computed within each round, because the paths of one
+round ran back to back, and the median of those per-round ratios is reported.
 """
 
 import csv
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -39,6 +42,15 @@ ROWS = (
     ("redis-newconn", "p99_ms", "GET -k 0, p99 latency (ms)"),
 )
 
+# Main metric of each measurement, for the per-round table.
+MAIN_METRIC = {
+    "iperf-1": ("receiver_gbps", "Gbit/s"),
+    "iperf-8": ("receiver_gbps", "Gbit/s"),
+    "iperf-1-reverse": ("receiver_gbps", "Gbit/s"),
+    "redis-keepalive": ("rps", "requests/s"),
+    "redis-newconn": ("rps", "requests/s"),
+}
+
 
 def read_tsv(path):
     with open(path, newline="") as file:
@@ -46,7 +58,7 @@ def read_tsv(path):
 
 
 def parse_iperf(path):
-    """Return sender and receiver Gbit/s and CPU use from iperf3 -J output."""
+    """Return sender and receiver Gbit/s, bytes received and CPU use from iperf3 -J output."""
     data = json.loads(Path(path).read_text())
     if "error" in data:
         raise ValueError(f"iperf3: {data['error']}")
@@ -75,24 +87,11 @@ def parse_redis(path):
     }
 
 
-def relay_cost(run, value):
-    """Return relay CPU per GB received (iperf3) or per request (redis), as text."""
-    if run["path"] == "direct" or not isinstance(value, dict):
-        return "-"
-    cpu = float(run["relay_cpu_s"])
-    if "bytes" in value:
-        return f"{cpu / (value['bytes'] / 1e9):.2f} s/GB"
-    requests = re.search(r" -n ([0-9]+)", run["command"])
-    if requests is None:
-        return "-"
-    return f"{cpu / int(requests.group(1)) * 1e6:.1f} us/request"
-
-
 def load_results(runs):
-    """Map (measurement, path) to its parsed figures, or to an error string."""
+    """Map (round, measurement, path) to its parsed figures, or to an error string."""
     results = {}
     for run in runs:
-        key = (run["measurement"], run["path"])
+        key = (run["round"], run["measurement"], run["path"])
         raw = run["raw"]
         try:
             if run["status"] != "0":
@@ -105,24 +104,81 @@ def load_results(runs):
     return results
 
 
-def figure(results, measurement, metric, path, measured_paths):
-    if path not in measured_paths:
-        return None, "not measured"
-    value = results.get((measurement, path))
-    if value is None:
-        return None, "not measured"
-    if isinstance(value, str):
-        return None, value
-    number = value[metric]
-    text = f"{number:.2f}" if metric.endswith(("gbps", "_ms")) else f"{number:,.0f}"
-    return number, text
+def format_number(metric, number):
+    if metric.endswith(("gbps", "_ms")):
+        return f"{number:.2f}"
+    return f"{number:,.0f}"
 
 
-def ratio(numerator, denominator):
-    if numerator is None or denominator is None or denominator == 0:
-        return None, "-"
-    value = numerator / denominator
-    return value, f"{value:.2f}"
+def summarize(numbers, errors, rounds, digits):
+    """Format the median of `numbers` with their range, and how many rounds failed."""
+    if not numbers:
+        return errors[0] if errors else "not measured"
+    text = digits(statistics.median(numbers))
+    if len(numbers) > 1:
+        text += f" ({digits(min(numbers))}-{digits(max(numbers))})"
+    if errors:
+        text += f", {len(errors)} of {rounds} rounds failed"
+    return text
+
+
+class Figures:
+    """Parsed figures of every round, with per-round ratios."""
+
+    def __init__(self, runs):
+        self.results = load_results(runs)
+        self.rounds = sorted({run["round"] for run in runs}, key=int)
+
+    def values(self, measurement, metric, path):
+        """Return the numbers of all rounds that succeeded, and the errors of the others."""
+        numbers, errors = [], []
+        for round_ in self.rounds:
+            value = self.results.get((round_, measurement, path))
+            if isinstance(value, dict):
+                numbers.append(value[metric])
+            elif isinstance(value, str):
+                errors.append(value)
+        return numbers, errors
+
+    def ratios(self, measurement, metric, numerator, denominator):
+        """Return numerator/denominator of each round in which both paths succeeded."""
+        ratios = []
+        for round_ in self.rounds:
+            top = self.results.get((round_, measurement, numerator))
+            bottom = self.results.get((round_, measurement, denominator))
+            if isinstance(top, dict) and isinstance(bottom, dict) and bottom[metric]:
+                ratios.append(top[metric] / bottom[metric])
+        return ratios
+
+    def cell(self, measurement, metric, path):
+        numbers, errors = self.values(measurement, metric, path)
+        return summarize(numbers, errors, len(self.rounds), lambda n: format_number(metric, n))
+
+    def ratio_cell(self, measurement, metric, numerator, denominator):
+        ratios = self.ratios(measurement, metric, numerator, denominator)
+        if not ratios:
+            return "-"
+        return summarize(ratios, [], len(self.rounds), lambda n: f"{n:.2f}")
+
+
+def relay_cost(run, value):
+    """Return relay CPU per GB received (iperf3) or per request (redis), or None."""
+    if run["path"] == "direct" or not isinstance(value, dict):
+        return None
+    cpu = float(run["relay_cpu_s"])
+    if "bytes" in value:
+        return cpu / (value["bytes"] / 1e9)
+    requests = re.search(r" -n ([0-9]+)", run["command"])
+    if requests is None:
+        return None
+    return cpu / int(requests.group(1)) * 1e6
+
+
+def median_text(numbers, digits=2):
+    numbers = [n for n in numbers if n is not None]
+    if not numbers:
+        return "-"
+    return f"{statistics.median(numbers):.{digits}f}"
 
 
 def shorten(command, out):
@@ -130,24 +186,9 @@ def shorten(command, out):
     return command.replace(str(out.resolve()), "perf/out")
 
 
-def main():
-    out = Path(sys.argv[1])
-    runs = read_tsv(out / "runs.tsv")
-    memory = read_tsv(out / "memory.tsv")
-    processes = read_tsv(out / "processes.tsv")
-    machine = dict(
-        line.split("=", 1) for line in (out / "machine.txt").read_text().splitlines() if "=" in line
-    )
-    results = load_results(runs)
-    measured_paths = {run["path"] for run in runs}
-    rathole_note = machine.get("rathole_reason") or ""
-
-    lines = ["# Benchmark results", ""]
-    lines += [
-        "Written by `perf/run.sh`. Each measurement ran direct, through the gateway and through",
-        "rathole back to back in the same run. All processes ran on one machine, so the load",
-        "generator, the relays and the services shared its cores.",
-        "",
+def machine_lines(machine):
+    rathole = machine.get("rathole") or "not measured: " + machine.get("rathole_reason", "")
+    return [
         "## Machine",
         "",
         f"- CPU: {machine.get('cpu_model', '?')}, {machine.get('nproc', '?')} cores (nproc)",
@@ -155,71 +196,107 @@ def main():
         f"- Kernel: {machine.get('kernel', '?')}",
         f"- Load average at the end: {machine.get('loadavg_end', '?')}",
         f"- {machine.get('rustc', '?')}; {machine.get('iperf3', '?')}; {machine.get('redis', '?')}",
-        f"- rathole: {machine.get('rathole') or 'not measured: ' + rathole_note}",
+        f"- rathole: {rathole}",
+        f"- Gateway shards: {machine.get('shards', '?')} (Server and Agent each). Agent sessions"
+        f" per Server shard: {machine.get('session_shards', '?')}",
         f"- Gateway threads pinned to a CPU: {machine.get('pinning') or 'none'}",
-        f"- Gateway shards: {machine.get('shards', '?')} (Server and Agent each). Agent sessions per"
-        f" Server shard: {machine.get('session_shards', '?')}",
+        f"- Rounds: {machine.get('rounds', '?')}; iperf3 seconds per measurement:"
+        f" {machine.get('duration', '?')}; redis-benchmark clients: {machine.get('redis_clients', '?')}",
         "",
+    ]
+
+
+def figure_lines(figures):
+    lines = [
         "## Figures",
         "",
-        "Ratios are gateway/direct and gateway/rathole. For latency a ratio above 1 means the",
-        "gateway is slower.",
+        "Each cell is the median over the rounds, with the lowest and highest round in",
+        "brackets. Ratios are taken within each round and then the median is shown. For",
+        "latency a ratio above 1 means the gateway is slower.",
         "",
         "| measurement | direct | gateway | rathole | gateway/direct | gateway/rathole |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for measurement, metric, label in ROWS:
-        values = {path: figure(results, measurement, metric, path, measured_paths) for path in PATHS}
-        _, to_direct = ratio(values["gateway"][0], values["direct"][0])
-        _, to_rathole = ratio(values["gateway"][0], values["rathole"][0])
-        cells = [values[path][1] for path in PATHS]
-        lines.append(f"| {label} | {' | '.join(cells)} | {to_direct} | {to_rathole} |")
+        cells = [figures.cell(measurement, metric, path) for path in PATHS]
+        cells.append(figures.ratio_cell(measurement, metric, "gateway", "direct"))
+        cells.append(figures.ratio_cell(measurement, metric, "gateway", "rathole"))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
 
-    lines += [
-        "",
-        "## Targets",
-        "",
-        "| target | ratio | met |",
-        "|---|---:|---|",
-    ]
+    lines += ["", "## Targets", "", "| target | ratio (median of rounds) | met |", "|---|---:|---|"]
     for label, measurement, metric, numerator, denominator, minimum in TARGETS:
-        top = figure(results, measurement, metric, numerator, measured_paths)[0]
-        bottom = figure(results, measurement, metric, denominator, measured_paths)[0]
-        value, text = ratio(top, bottom)
-        if value is None:
-            met = "not measured"
-        elif value >= minimum:
-            met = "yes"
+        ratios = figures.ratios(measurement, metric, numerator, denominator)
+        if not ratios:
+            text, met = "-", "not measured"
         else:
-            met = "no"
+            value = statistics.median(ratios)
+            text = figures.ratio_cell(measurement, metric, numerator, denominator)
+            met = "yes" if value >= minimum else "no"
         lines.append(f"| {label} | {text} | {met} |")
 
     lines += [
         "",
+        "## Per round",
+        "",
+        "| measurement | path | " + " | ".join(f"round {r}" for r in figures.rounds) + " |",
+        "|---|---|" + "---:|" * len(figures.rounds),
+    ]
+    for measurement, (metric, unit) in MAIN_METRIC.items():
+        for path in PATHS:
+            cells = []
+            for round_ in figures.rounds:
+                value = figures.results.get((round_, measurement, path))
+                if isinstance(value, dict):
+                    cells.append(format_number(metric, value[metric]))
+                else:
+                    cells.append(value or "not measured")
+            lines.append(f"| {measurement} ({unit}) | {path} | {' | '.join(cells)} |")
+    lines.append("")
+    return lines
+
+
+def cpu_lines(runs, figures):
+    lines = [
         "## CPU during each measurement",
         "",
-        "Relay CPU is the user and system time of the relay processes (Server and Agent, or",
-        "rathole's server and client) during the measurement, from /proc/PID/stat. Machine busy",
-        "is the share of all cores not idle, from /proc/stat, so it includes other work on the",
-        "machine. Relay cost is relay CPU per GB received or per request. iperf3 CPU is what",
-        "iperf3 reports for its client and server.",
+        "Medians over the rounds. Relay CPU is the user and system time of the relay processes",
+        "(Server and Agent, or rathole's server and client) during the measurement, from",
+        "/proc/PID/stat. Relay cost is relay CPU per GB received or per request. Machine busy is",
+        "the share of all cores not idle, from /proc/stat, so it includes other work on the",
+        "machine. iperf3 CPU is what iperf3 reports for its client and server.",
         "",
         "| measurement | path | wall (s) | relay CPU (s) | relay cost | machine busy (%) | iperf3 client / server CPU (%) |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
+    groups = {}
     for run in runs:
-        value = results.get((run["measurement"], run["path"]))
+        groups.setdefault((run["measurement"], run["path"]), []).append(run)
+    for (measurement, path), group in groups.items():
+        values = [figures.results.get((run["round"], measurement, path)) for run in group]
+        parsed = [value for value in values if isinstance(value, dict)]
+        costs = [relay_cost(run, value) for run, value in zip(group, values)]
+        unit = " s/GB" if measurement.startswith("iperf") else " us/request"
+        cost = median_text(costs, 2 if unit == " s/GB" else 1)
+        relay_cpu = "-"
+        if path != "direct":
+            relay_cpu = median_text([float(run["relay_cpu_s"]) for run in group])
         iperf_cpu = "-"
-        if isinstance(value, dict) and value.get("client_cpu_pct") is not None:
-            iperf_cpu = f"{value['client_cpu_pct']:.0f} / {value['server_cpu_pct']:.0f}"
+        if parsed and parsed[0].get("client_cpu_pct") is not None:
+            client = median_text([value["client_cpu_pct"] for value in parsed], 0)
+            server = median_text([value["server_cpu_pct"] for value in parsed], 0)
+            iperf_cpu = f"{client} / {server}"
+        wall = median_text([float(run["wall_s"]) for run in group])
+        busy = median_text([float(run["machine_busy_pct"]) for run in group], 0)
+        cost_text = "-" if cost == "-" else cost + unit
         lines.append(
-            f"| {run['measurement']} | {run['path']} | {run['wall_s']} | "
-            f"{run['relay_cpu_s'] if run['path'] != 'direct' else '-'} | {relay_cost(run, value)} | "
-            f"{run['machine_busy_pct']} | {iperf_cpu} |"
+            f"| {measurement} | {path} | {wall} | {relay_cpu} | {cost_text} | {busy} | {iperf_cpu} |"
         )
+    lines.append("")
+    return lines
 
-    lines += [
-        "",
+
+def memory_lines(memory):
+    lines = [
         "## Memory",
         "",
         "From /proc/PID/status: VmRSS after start-up (idle), VmHWM (peak) and VmRSS after the",
@@ -237,14 +314,43 @@ def main():
         final = phases.get("end", {}).get("vm_rss_kib")
         cells = [f"{int(kib) / 1024:.1f}" if kib else "-" for kib in (idle, peak, final)]
         lines.append(f"| {process} | {' | '.join(cells)} |")
+    lines.append("")
+    return lines
 
-    lines += ["", "## Commands", "", "Processes started (paths are under perf/out):", "", "```"]
+
+def command_lines(runs, processes, out):
     started = [f"{row['process']}: {shorten(row['command'], out)}" for row in processes]
+    measured = [shorten(run["command"], out) for run in runs]
+    lines = ["## Commands", "", "Processes started (paths are under perf/out):", "", "```"]
     lines += list(dict.fromkeys(started))
-    lines += ["```", "", "Measurements, in the order they ran:", "", "```"]
-    lines += [shorten(run["command"], out) for run in runs]
+    lines += ["```", "", "Measurements of one round, in the order they ran:", "", "```"]
+    lines += list(dict.fromkeys(measured))
     lines += ["```", ""]
+    return lines
 
+
+def main():
+    out = Path(sys.argv[1])
+    runs = read_tsv(out / "runs.tsv")
+    memory = read_tsv(out / "memory.tsv")
+    processes = read_tsv(out / "processes.tsv")
+    machine_text = (out / "machine.txt").read_text()
+    machine = dict(line.split("=", 1) for line in machine_text.splitlines() if "=" in line)
+    figures = Figures(runs)
+
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `perf/run.sh`. In every round each measurement ran direct, through the",
+        "gateway and through rathole back to back. All processes ran on one machine, so the",
+        "load generator, the relays and the services shared its cores.",
+        "",
+    ]
+    lines += machine_lines(machine)
+    lines += figure_lines(figures)
+    lines += cpu_lines(runs, figures)
+    lines += memory_lines(memory)
+    lines += command_lines(runs, processes, out)
     (out / "results.md").write_text("\n".join(lines))
 
 

@@ -11,6 +11,7 @@
 # Settings (environment variables, defaults in brackets):
 #   PERF_SHARDS             shards of the Server and of the Agent [2]
 #   PERF_DURATION           seconds per iperf3 measurement, 1 to 60 [5]
+#   PERF_ROUNDS             rounds of all measurements, 1 to 10; the report shows medians [3]
 #   PERF_BASE_PORT          first of 8 consecutive 127.0.0.1 ports [25100]
 #   PERF_REDIS_CLIENTS      redis-benchmark clients (-c), 1 to 1000 [50]
 #   PERF_REDIS_REQUESTS_KA  GET requests with keep-alive (-k 1) [100000]
@@ -33,6 +34,7 @@ AGENT_BIN="$TARGET_DIR/release/ipaas-agent"
 
 SHARDS=${PERF_SHARDS:-2}
 DURATION=${PERF_DURATION:-5}
+ROUNDS=${PERF_ROUNDS:-3}
 BASE_PORT=${PERF_BASE_PORT:-25100}
 REDIS_CLIENTS=${PERF_REDIS_CLIENTS:-50}
 REDIS_REQUESTS_KA=${PERF_REDIS_REQUESTS_KA:-100000}
@@ -180,9 +182,9 @@ relay_processes() {
     esac
 }
 
-# Runs one measurement and appends a line to $RUNS: measurement, path, raw output file,
-# exit status, wall seconds, relay CPU seconds, machine busy percent and the command.
-# Arguments: measurement, path, raw output file, command...
+# Runs one measurement and appends a line to $RUNS: round, measurement, path, raw output
+# file, exit status, wall seconds, relay CPU seconds, machine busy percent and the command.
+# The round is the global $round. Arguments: measurement, path, raw output file, command...
 measure() {
     local measurement=$1 path=$2 raw=$3
     shift 3
@@ -197,17 +199,17 @@ measure() {
     end=$(date +%s.%N)
     jiffies_after=$(machine_jiffies)
     cpu_after=$(cpu_seconds "${relays[@]}")
-    python3 - "$measurement" "$path" "$raw" "$status" "$start" "$end" "$cpu_before" "$cpu_after" \
+    python3 - "$round" "$measurement" "$path" "$raw" "$status" "$start" "$end" "$cpu_before" "$cpu_after" \
         "$jiffies_before" "$jiffies_after" "$(quote_command "$@")" >>"$RUNS" <<'PY'
 import sys
-(measurement, path, raw, status, start, end, cpu_before, cpu_after,
+(round_, measurement, path, raw, status, start, end, cpu_before, cpu_after,
  jiffies_before, jiffies_after, command) = sys.argv[1:]
 busy_before, total_before = map(int, jiffies_before.split())
 busy_after, total_after = map(int, jiffies_after.split())
 busy = 100 * (busy_after - busy_before) / max(total_after - total_before, 1)
 wall = float(end) - float(start)
 cpu = float(cpu_after) - float(cpu_before)
-fields = [measurement, path, raw, status, f"{wall:.2f}", f"{cpu:.2f}", f"{busy:.0f}", command]
+fields = [round_, measurement, path, raw, status, f"{wall:.2f}", f"{cpu:.2f}", f"{busy:.0f}", command]
 print("\t".join(fields))
 PY
     [ "$status" -eq 0 ] || echo "    $measurement via $path failed with status $status, see $raw.stderr" >&2
@@ -218,10 +220,10 @@ PY
 measure_iperf() {
     local measurement=$1 path=$2 port=$3
     shift 3
-    start_process iperf3-server "$RAW/iperf3-server-$measurement-$path.log" \
+    start_process iperf3-server "$RAW/iperf3-server-$measurement-$path-$round.log" \
         iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_PORT"
     wait_listening "$IPERF_PORT" 10
-    measure "$measurement" "$path" "$RAW/$measurement-$path.json" \
+    measure "$measurement" "$path" "$RAW/$measurement-$path-$round.json" \
         timeout "$IPERF_LIMIT" iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J \
         --connect-timeout 5000 "$@"
 
@@ -239,7 +241,7 @@ measure_iperf() {
 # number of requests.
 measure_redis() {
     local measurement=$1 path=$2 port=$3 keepalive=$4 requests=$5
-    measure "$measurement" "$path" "$RAW/$measurement-$path.csv" \
+    measure "$measurement" "$path" "$RAW/$measurement-$path-$round.csv" \
         timeout "$REDIS_LIMIT" redis-benchmark -h 127.0.0.1 -p "$port" -t get \
         -c "$REDIS_CLIENTS" -n "$requests" -k "$keepalive" --csv
 }
@@ -255,8 +257,8 @@ record_memory() {
     ' "/proc/$pid/status" >>"$OUT/memory.tsv"
 }
 
-# Prints "thread name: CPU list" for every thread of the recorded processes named in the
-# arguments that is pinned to fewer CPUs than the machine has.
+# Prints one line "thread name: CPU list" for every thread of the recorded processes named
+# in the arguments that is pinned to fewer CPUs than the machine has.
 pinned_threads() {
     local name pid task comm cpus
     for name in "$@"; do
@@ -264,7 +266,7 @@ pinned_threads() {
         for task in /proc/"$pid"/task/*; do
             comm=$(cat "$task/comm")
             cpus=$(awk '/^Cpus_allowed_list:/ { print $2 }' "$task/status")
-            [ "$cpus" = "0-$(($(nproc) - 1))" ] || printf '%s: CPU %s; ' "$comm" "$cpus"
+            [ "$cpus" = "0-$(($(nproc) - 1))" ] || printf '%s: CPU %s\n' "$comm" "$cpus"
         done
     done
 }
@@ -273,6 +275,7 @@ pinned_threads() {
 
 check_int PERF_SHARDS "$SHARDS" 1 64
 check_int PERF_DURATION "$DURATION" 1 60
+check_int PERF_ROUNDS "$ROUNDS" 1 10
 check_int PERF_BASE_PORT "$BASE_PORT" 1024 65520
 check_int PERF_REDIS_CLIENTS "$REDIS_CLIENTS" 1 1000
 check_int PERF_REDIS_REQUESTS_KA "$REDIS_REQUESTS_KA" 1 10000000
@@ -309,7 +312,7 @@ cargo build --release --manifest-path "$REPO/Cargo.toml"
 
 rm -rf "$OUT"
 mkdir -p "$RAW" "$PIDS"
-printf 'measurement\tpath\traw\tstatus\twall_s\trelay_cpu_s\tmachine_busy_pct\tcommand\n' >"$RUNS"
+printf 'round\tmeasurement\tpath\traw\tstatus\twall_s\trelay_cpu_s\tmachine_busy_pct\tcommand\n' >"$RUNS"
 printf 'phase\tprocess\tvm_hwm_kib\tvm_rss_kib\n' >"$OUT/memory.tsv"
 printf 'process\tcommand\n' >"$OUT/processes.tsv"
 
@@ -376,7 +379,7 @@ wait_redis "$GATEWAY_REDIS_PORT" 20 ||
     fail "redis does not answer through the gateway; see $SERVER_DIR/server.log and $AGENT_DIR/log/agent.log"
 record_memory idle ipaas-server
 record_memory idle ipaas-agent
-GATEWAY_PINNING=$(pinned_threads ipaas-server ipaas-agent)
+GATEWAY_PINNING=$(pinned_threads ipaas-server ipaas-agent | sort -u | paste -sd ',' | sed 's/,/, /g')
 
 if [ -n "$RATHOLE_BIN" ]; then
     step "Starting rathole with its TLS transport (control port $RATHOLE_PORT)"
@@ -465,34 +468,28 @@ entry_port() {
 
 # --- Measurements -----------------------------------------------------------------------
 
-step "iperf3, 1 stream, ${DURATION}s per path"
-for path in "${PATHS[@]}"; do
-    echo "    $path"
-    measure_iperf iperf-1 "$path" "$(entry_port "$path" iperf)" -P 1
-done
-
-step "iperf3, 8 streams, ${DURATION}s per path"
-for path in "${PATHS[@]}"; do
-    echo "    $path"
-    measure_iperf iperf-8 "$path" "$(entry_port "$path" iperf)" -P 8
-done
-
-step "iperf3, 1 stream reverse (-R), ${DURATION}s per path"
-for path in "${PATHS[@]}"; do
-    echo "    $path"
-    measure_iperf iperf-1-reverse "$path" "$(entry_port "$path" iperf)" -P 1 -R
-done
-
-step "redis-benchmark GET, $REDIS_CLIENTS clients, keep-alive, $REDIS_REQUESTS_KA requests"
-for path in "${PATHS[@]}"; do
-    echo "    $path"
-    measure_redis redis-keepalive "$path" "$(entry_port "$path" redis)" 1 "$REDIS_REQUESTS_KA"
-done
-
-step "redis-benchmark GET, $REDIS_CLIENTS clients, new connection per request, $REDIS_REQUESTS_NEW requests"
-for path in "${PATHS[@]}"; do
-    echo "    $path"
-    measure_redis redis-newconn "$path" "$(entry_port "$path" redis)" 0 "$REDIS_REQUESTS_NEW"
+for round in $(seq 1 "$ROUNDS"); do
+    step "Round $round of $ROUNDS"
+    for path in "${PATHS[@]}"; do
+        echo "    iperf3, 1 stream, ${DURATION}s, $path"
+        measure_iperf iperf-1 "$path" "$(entry_port "$path" iperf)" -P 1
+    done
+    for path in "${PATHS[@]}"; do
+        echo "    iperf3, 8 streams, ${DURATION}s, $path"
+        measure_iperf iperf-8 "$path" "$(entry_port "$path" iperf)" -P 8
+    done
+    for path in "${PATHS[@]}"; do
+        echo "    iperf3, 1 stream reverse (-R), ${DURATION}s, $path"
+        measure_iperf iperf-1-reverse "$path" "$(entry_port "$path" iperf)" -P 1 -R
+    done
+    for path in "${PATHS[@]}"; do
+        echo "    redis-benchmark GET, keep-alive, $REDIS_REQUESTS_KA requests, $path"
+        measure_redis redis-keepalive "$path" "$(entry_port "$path" redis)" 1 "$REDIS_REQUESTS_KA"
+    done
+    for path in "${PATHS[@]}"; do
+        echo "    redis-benchmark GET, new connection per request, $REDIS_REQUESTS_NEW requests, $path"
+        measure_redis redis-newconn "$path" "$(entry_port "$path" redis)" 0 "$REDIS_REQUESTS_NEW"
+    done
 done
 
 # --- Memory, logs and report ------------------------------------------------------------
@@ -522,8 +519,9 @@ stop_process redis-server
     echo "rathole=${RATHOLE_BIN:+$("$RATHOLE_BIN" --version 2>&1 | awk '/Build Version/ { print "rathole " $3 }')}"
     echo "rathole_reason=$RATHOLE_REASON"
     echo "shards=$SHARDS"
-    echo "pinning=${GATEWAY_PINNING%; }"
+    echo "pinning=$GATEWAY_PINNING"
     echo "duration=$DURATION"
+    echo "rounds=$ROUNDS"
     echo "redis_clients=$REDIS_CLIENTS"
     # Server shard of each Agent session: SO_REUSEPORT picks it from the connection's
     # address hash, so it can differ between runs.

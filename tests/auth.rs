@@ -14,6 +14,7 @@ use common::*;
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_every_backend!(
+    certificate_of_another_gateway_is_rejected,
     wrong_key_is_rejected,
     unknown_gateway_is_rejected,
     address_outside_allowlist_is_rejected,
@@ -232,4 +233,27 @@ fn start_and_stop_scripts(backends: Backends) {
     );
     let stopped_again = run(&mut Command::new(root.join("scripts/linux/stop.sh")));
     assert!(stopped_again.contains("not running"), "{stopped_again}");
+}
+
+fn certificate_of_another_gateway_is_rejected(backends: Backends) {
+    let mut env = Env::new(backends);
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    single_gateway(&mut env, &public, "127.0.0.0/8", &[("echo", free_port())]);
+    env.certificate_gateway = Some("gw-other".into());
+    let root = env.start_agent("agent-1", "gw", &private, &[("echo", "127.0.0.1:9".into())]);
+
+    let agent_log = wait_for_log(&root.join("log/agent.log"), "rejected this Agent", LIMIT);
+    assert!(
+        agent_log.contains("issued for gateway `gw-other`, not `gw`"),
+        "{agent_log}"
+    );
+    assert!(
+        agent_log.contains("configs/client/ folder of the Agent package"),
+        "{agent_log}"
+    );
+    let server_log = wait_for_log(&env.server_log(), "Agent rejected", LIMIT);
+    assert!(
+        server_log.contains("issued for gateway `gw-other`"),
+        "{server_log}"
+    );
 }

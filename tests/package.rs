@@ -2,6 +2,8 @@
 //! with the `tar` and `unzip` commands, and checked file by file. Needs `tar`, `unzip` and
 //! `openssl` on `PATH`.
 
+#![cfg(unix)]
+
 use std::io::Cursor;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

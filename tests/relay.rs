@@ -292,7 +292,9 @@ fn lost_agent_resets_entry_connection(backends: Backends) {
         let Ok(mut candidate) = TcpStream::connect(("127.0.0.1", ports[0])) else {
             return false;
         };
-        candidate.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        candidate
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut first = [0u8; 1024];
         let ok = candidate.read_exact(&mut first).is_ok();
         stream = ok.then_some(candidate);

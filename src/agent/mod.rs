@@ -109,6 +109,11 @@ fn report_failure(agent: &AgentShared, shard: usize, error: &SessionError) {
 fn rejection_hint(agent: &AgentShared, reason: RejectReason) -> String {
     let config = &agent.config;
     match reason {
+        RejectReason::WrongCertificate => format!(
+            "the files in {} belong to another gateway; use the configs/client/ folder of the Agent package downloaded for gateway `{}`",
+            config.tls.cert.parent().unwrap_or(&config.root).display(),
+            config.gateway_id
+        ),
         RejectReason::UnknownGateway => format!(
             "check `gateway_id: {}` in {}",
             config.gateway_id,

@@ -123,8 +123,10 @@ fn run(cli: RunArgs) -> anyhow::Result<()> {
     let to_stderr = logger.file.is_none() || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _log_guard = telemetry::init(&logger, to_stderr)?;
 
-    if let Some(warning) = keys::permission_warning(&config.private_key) {
-        tracing::warn!("{warning}");
+    for key_file in [&config.private_key, &config.tls.key] {
+        if let Some(warning) = keys::permission_warning(key_file) {
+            tracing::warn!("{warning}");
+        }
     }
     let key = PrivateKey::load(&config.private_key, keys::MIN_KEY_BITS)?;
     if key.bits() < RECOMMENDED_KEY_BITS {

@@ -361,6 +361,12 @@ fn run(
         }
     }
     check_ports_free(&config)?;
+    let ca_key = config.pki_dir.join(tls::pki::CA_KEY);
+    for key_file in [&config.tls.key, &ca_key] {
+        if let Some(warning) = ipaas_gateway::keys::permission_warning(key_file) {
+            tracing::warn!("{warning}");
+        }
+    }
 
     let (backend, reason) = backend::select(backend.unwrap_or(config.runtime.backend))?;
     let registry = open_registry(&config)?;

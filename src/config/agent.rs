@@ -165,6 +165,14 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<AgentConfig, ConfigErro
         .tls_name
         .clone()
         .unwrap_or_else(|| server.host.clone());
+    if !server_name.is_empty()
+        && rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err()
+    {
+        problems.push(
+            "server.tls_name",
+            format!("invalid name `{server_name}`; write the DNS name or IP address in the Server's certificate, such as `gw.example.com`"),
+        );
+    }
     problems.name("gateway_id", "gateway id", &raw.gateway_id);
 
     let agent_name = raw.agent_name.clone().unwrap_or_else(default_agent_name);
@@ -196,7 +204,8 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<AgentConfig, ConfigErro
     let heartbeat = problems.heartbeat(&raw.heartbeat);
     let reconnect_initial = problems.duration("reconnect.initial", &raw.reconnect.initial);
     let reconnect_max = problems.duration("reconnect.max", &raw.reconnect.max);
-    if reconnect_max < reconnect_initial {
+    let reconnect_parsed = !problems.has("reconnect.initial") && !problems.has("reconnect.max");
+    if reconnect_parsed && reconnect_max < reconnect_initial {
         problems.push(
             "reconnect.max",
             "must not be shorter than reconnect.initial",

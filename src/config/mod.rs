@@ -266,7 +266,9 @@ impl Problems {
     pub(crate) fn heartbeat(&mut self, raw: &RawHeartbeat) -> Heartbeat {
         let interval = self.duration("heartbeat.interval", &raw.interval);
         let timeout = self.duration("heartbeat.timeout", &raw.timeout);
-        if timeout <= interval {
+        // Only compare values that parsed; a placeholder would make a second, false report.
+        let parsed = !self.has("heartbeat.interval") && !self.has("heartbeat.timeout");
+        if parsed && timeout <= interval {
             self.push(
                 "heartbeat.timeout",
                 format!(

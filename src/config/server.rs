@@ -343,7 +343,8 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigErr
             }
             let service_listen =
                 problems.socket_addr(&format!("{service_key}.listen"), &service.listen);
-            if !listen_addrs.insert(service_listen) {
+            let listen_valid = !problems.has(&format!("{service_key}.listen"));
+            if listen_valid && !listen_addrs.insert(service_listen) {
                 problems.push(
                     format!("{service_key}.listen"),
                     format!("address {service_listen} is already used by the Agent port or another service; pick a free port"),

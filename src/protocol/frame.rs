@@ -404,6 +404,8 @@ pub enum RejectReason {
     ProtocolError,
     /// The Server is shutting down and accepts no new sessions.
     ShuttingDown,
+    /// The Agent's TLS client certificate was issued for another gateway.
+    WrongCertificate,
     /// A code this version does not define, kept as received.
     Other(u16),
 }
@@ -419,6 +421,7 @@ impl RejectReason {
             Self::KeyTooSmall => 5,
             Self::ProtocolError => 6,
             Self::ShuttingDown => 7,
+            Self::WrongCertificate => 8,
             Self::Other(code) => code,
         }
     }
@@ -433,6 +436,7 @@ impl RejectReason {
             5 => Self::KeyTooSmall,
             6 => Self::ProtocolError,
             7 => Self::ShuttingDown,
+            8 => Self::WrongCertificate,
             other => Self::Other(other),
         }
     }
@@ -450,6 +454,7 @@ impl fmt::Display for RejectReason {
             Self::KeyTooSmall => "the Agent's RSA key is smaller than the Server's minimum",
             Self::ProtocolError => "handshake protocol error",
             Self::ShuttingDown => "the Server is shutting down",
+            Self::WrongCertificate => "the TLS client certificate was issued for another gateway",
             Self::Other(code) => return write!(f, "unknown reject reason code {code}"),
         };
         f.write_str(text)

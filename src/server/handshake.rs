@@ -83,6 +83,25 @@ pub(super) async fn authenticate<T: AsyncRead + AsyncWrite + Unpin>(
         .await;
     }
 
+    // The client certificate names the gateway it was issued for (`pki issue-agent`), so
+    // TLS material of one gateway cannot log in to another.
+    let certified = certificate_gateway(io.tls());
+    if certified.as_deref() != Some(hello.gateway_id.as_str()) {
+        let message = format!(
+            "the TLS client certificate was issued for gateway `{}`, not `{}`",
+            certified.as_deref().unwrap_or("(none)"),
+            hello.gateway_id
+        );
+        return reject(
+            io,
+            shared,
+            Some(&hello),
+            RejectReason::WrongCertificate,
+            message,
+        )
+        .await;
+    }
+
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut out = Vec::new();
@@ -154,6 +173,15 @@ pub(super) async fn authenticate<T: AsyncRead + AsyncWrite + Unpin>(
         key_fingerprint,
         pending,
     })
+}
+
+/// Returns the common name of the peer's certificate, which `pki issue-agent` sets to the
+/// gateway id.
+fn certificate_gateway(tls: &rustls::Connection) -> Option<String> {
+    let certificate = tls.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+    let name = parsed.subject().iter_common_name().next()?;
+    name.as_str().ok().map(str::to_owned)
 }
 
 fn millis(duration: std::time::Duration) -> u32 {

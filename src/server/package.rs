@@ -1,7 +1,8 @@
-//! The Agent package behind "Download Agent": one `ipaas-private-cloud-agent/` folder with
-//! the Agent binaries, TLS files issued for one gateway, a config prefilled with the Server
-//! address and the gateway's services, the logger config and the start/stop scripts,
-//! written as a tar.gz or zip archive.
+//! The Agent package behind "Download Agent", written as a tar.gz or zip archive.
+//!
+//! Everything sits in one `ipaas-private-cloud-agent/` folder: the Agent binaries, TLS files
+//! issued for one gateway, a config prefilled with the Server address and the gateway's
+//! services, the logger config and the start/stop scripts.
 //!
 //! [`build`] does blocking file I/O and generates a key pair, so call it from a blocking
 //! thread, never from a shard's event loop.
@@ -23,7 +24,7 @@ use crate::config::{AgentConfig, ConfigError, Endpoint};
 use crate::protocol::handshake::validate_name;
 use crate::tls::pki::{self, PkiError};
 
-/// Folder that holds everything in the package.
+/// Folder that contains every other entry of the package.
 pub const TOP_FOLDER: &str = "ipaas-private-cloud-agent";
 
 const LOGGER_CONFIG: &str = include_str!("../../configs/logger_config.yaml");
@@ -46,7 +47,7 @@ const SCRIPTS: [(&str, &str); 7] = [
         "scripts/mac/stop.sh",
         include_str!("../../scripts/mac/stop.sh"),
     ),
-    // The macOS stop command of older packages; it runs scripts/mac/stop.sh.
+    // A second macOS stop command, which runs scripts/mac/stop.sh.
     ("scripts/stop.sh", include_str!("../../scripts/stop.sh")),
     (
         "scripts/windows/start.bat",
@@ -65,8 +66,8 @@ const FILE_MODE: u32 = 0o644;
 const EXECUTABLE_MODE: u32 = 0o755;
 const PRIVATE_FILE_MODE: u32 = 0o600;
 
-/// Header id of the Info-ZIP extended timestamp field, which stores the modification time
-/// in UTC seconds; the DOS time of a zip entry has no time zone.
+/// Header id of the Info-ZIP extended timestamp field. It stores the modification time in
+/// UTC seconds, because the DOS time of a zip entry has no time zone.
 const ZIP_EXTENDED_TIMESTAMP: u16 = 0x5455;
 
 /// A private service the Agent relays to.
@@ -78,7 +79,7 @@ pub struct PackageService {
     pub target: String,
 }
 
-/// What goes into one gateway's Agent package.
+/// Inputs of one gateway's Agent package.
 #[derive(Debug, Clone, Copy)]
 pub struct PackageSpec<'a> {
     pub gateway_id: &'a str,
@@ -88,7 +89,7 @@ pub struct PackageSpec<'a> {
     /// config).
     pub server_name: &'a str,
     pub services: &'a [PackageService],
-    /// PKI folder made by `ipaas-server pki init`; its CA signs the package's client
+    /// PKI folder made by `ipaas-server pki init`. Its CA signs the package's client
     /// certificate.
     pub pki_dir: &'a Path,
     /// Folder with `Linux/ipaas-agent`, `Mac/ipaas-agent` and `Windows/ipaas-agent.exe`,
@@ -217,7 +218,7 @@ pub enum PackageError {
         expected: u64,
         copied: u64,
     },
-    /// The generated config.yaml did not load; the spec checks should have caught this.
+    /// The generated config.yaml did not load, so the spec checks missed a problem.
     #[error("the Agent config generated for gateway `{gateway}` does not load: {source}")]
     GeneratedConfig {
         gateway: String,
@@ -234,7 +235,10 @@ pub enum PackageError {
 /// Builds the Agent package of `spec.gateway_id` and writes it to `out` as `format`.
 ///
 /// Issues a new client certificate and key on every call. Missing binaries do not fail
-/// the build: the report and the package's README.txt name them.
+/// the build: the report and the package's README.txt name them. The spec, the PKI and the
+/// artifacts folder are checked before the first byte is written. A binary that fails to
+/// read or a failed write later leaves a partial archive in `out`, which the caller must
+/// discard.
 pub fn build<W: Write + Seek>(
     spec: &PackageSpec<'_>,
     format: PackageFormat,
@@ -346,17 +350,21 @@ fn issue_client_files(spec: &PackageSpec<'_>, config: &str) -> Result<ClientFile
     })
 }
 
-/// A temporary folder only its owner can enter, removed with its contents on drop.
+/// A temporary folder that only its owner can enter (on Unix), removed with its contents
+/// on drop.
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn create() -> Result<Self, PackageError> {
+        // NOTE: on Windows the folder gets the default access rights of the temporary
+        // folder, which is normally private to the user.
+        #[cfg_attr(not(unix), allow(unused_mut))]
         let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
 
-        // A fresh random name per attempt, so a leftover folder or a concurrent build
-        // never shares the folder.
+        // `create` fails on an existing folder, so a leftover or concurrent build's folder is
+        // never reused: the next attempt takes a new random name.
         let mut attempt = 0;
         loop {
             let path =
@@ -403,7 +411,8 @@ struct Binary {
 }
 
 /// Opens the binary of every platform found in `artifacts_dir`. A missing file means a
-/// missing platform; any other error fails, so an unreadable binary is never skipped.
+/// missing platform. Any other error fails the build, so an unreadable binary is never
+/// skipped.
 fn open_binaries(
     artifacts_dir: Option<&Path>,
 ) -> Result<(Vec<Binary>, PackageReport), PackageError> {
@@ -862,7 +871,7 @@ fn yaml_quote(value: &str) -> String {
     quoted.push('"');
     for character in value.chars() {
         match character {
-            '"' => quoted.push('"'),
+            '"' => quoted.push_str("\\\""),
             '\\' => quoted.push_str("\\\\"),
             '\t' => quoted.push_str("\\t"),
             '\n' => quoted.push_str("\\n"),

@@ -180,6 +180,8 @@ pub struct Env {
     pub backends: Backends,
     /// Start the programs under a seccomp filter that fails `io_uring_setup` with EPERM.
     pub deny_io_uring: bool,
+    /// Issue Agent client certificates for this gateway instead of the Agent's own.
+    pub certificate_gateway: Option<String>,
     pub server: Option<Process>,
     pub agents: Vec<Process>,
 }
@@ -197,6 +199,7 @@ impl Env {
             agent_port: free_port(),
             backends,
             deny_io_uring: false,
+            certificate_gateway: None,
             server: None,
             agents: Vec::new(),
         }
@@ -263,7 +266,9 @@ impl Env {
         let root = self.path(&format!("agents/{name}"));
         std::fs::create_dir_all(root.join("configs/secret")).unwrap();
         run(Command::new(SERVER_BIN)
-            .args(["pki", "issue-agent", "--gateway", gateway_id, "--dir"])
+            .args(["pki", "issue-agent", "--gateway"])
+            .arg(self.certificate_gateway.as_deref().unwrap_or(gateway_id))
+            .arg("--dir")
             .arg(self.path("server/pki"))
             .arg("--out")
             .arg(root.join("configs/client")));
