@@ -161,10 +161,8 @@ fn key_of_1024_bits_works_with_warning(backends: Backends) {
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
 
-    let agent_log = read_log(&root.join("log/agent.log"));
-    assert!(agent_log.contains("fewer than 2048 bits"), "{agent_log}");
-    let server_log = read_log(&env.server_log());
-    assert!(server_log.contains("below 2048 bits"), "{server_log}");
+    wait_for_log(&root.join("log/agent.log"), "fewer than 2048 bits", LIMIT);
+    wait_for_log(&env.server_log(), "below 2048 bits", LIMIT);
 }
 
 fn start_and_stop_scripts(backends: Backends) {

@@ -396,10 +396,10 @@ fn admin_api_rejects_bad_input() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("HTTP 401"));
     let token = std::fs::read_to_string(console.path("server/admin.token")).unwrap();
-    let log = read_log(&console.server_log());
-    assert!(
-        log.contains("admin request without a valid bearer token"),
-        "{log}"
+    let log = wait_for_log(
+        &console.server_log(),
+        "admin request without a valid bearer token",
+        LIMIT,
     );
     assert!(!log.contains(token.trim()));
     assert!(!log.contains("wrong-token-of-some-length"));

@@ -30,10 +30,10 @@ fn auto_falls_back_to_tokio_when_denied() {
     wait_until_routed(entry, LIMIT);
 
     for log in [env.server_log(), root.join("log/agent.log")] {
-        let text = read_log(&log);
-        assert!(
-            text.contains("starting on the tokio backend: io_uring is unavailable"),
-            "{text}"
+        let text = wait_for_log(
+            &log,
+            "starting on the tokio backend: io_uring is unavailable",
+            LIMIT,
         );
         assert!(text.contains("EPERM"), "{text}");
     }
@@ -58,10 +58,10 @@ fn auto_picks_io_uring_when_allowed() {
     wait_until_routed(entry, LIMIT);
 
     for log in [env.server_log(), root.join("log/agent.log")] {
-        let text = read_log(&log);
-        assert!(
-            text.contains("starting on the io_uring backend: io_uring is available"),
-            "{text}"
+        wait_for_log(
+            &log,
+            "starting on the io_uring backend: io_uring is available",
+            LIMIT,
         );
     }
 }
