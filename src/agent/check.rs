@@ -572,7 +572,7 @@ async fn log_in<R: Runtime>(runtime: &R, agent: &AgentShared) -> Report {
     match timeout(
         runtime,
         HANDSHAKE_TIMEOUT,
-        super::authenticate(&mut io, agent),
+        super::authenticate(&mut io, agent, 0),
     )
     .await
     {

@@ -51,9 +51,22 @@ pub struct AgentShared {
     pub config_file: std::path::PathBuf,
     pub key: PrivateKey,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Random per process; each shard derives its own id from it (see [`Self::shard_instance`]).
     pub instance_id: [u8; 16],
     pub drain_timeout: Duration,
     pub stats: AgentStats,
+}
+
+impl AgentShared {
+    /// Instance id that shard `shard` sends in its Hello. It stays the same across the
+    /// shard's reconnects, so the Server can replace a session it still thinks alive.
+    pub fn shard_instance(&self, shard: usize) -> [u8; 16] {
+        let mut id = self.instance_id;
+        for (byte, shard_byte) in id[12..].iter_mut().zip((shard as u32).to_be_bytes()) {
+            *byte ^= shard_byte;
+        }
+        id
+    }
 }
 
 /// Runs one Agent shard until `shutdown` fires and its session has drained.
@@ -187,11 +200,16 @@ async fn connect_and_serve<R: Runtime>(
     let tls = rustls::ClientConnection::new(agent.tls.clone(), server_name)?;
     let mut io = TlsIo::new(tcp, rustls::Connection::Client(tls));
 
-    let (welcome, pending) =
-        match timeout(runtime, HANDSHAKE_TIMEOUT, authenticate(&mut io, agent)).await {
-            Some(result) => result?,
-            None => return Err(SessionError::Timeout("handshake with the Server")),
-        };
+    let (welcome, pending) = match timeout(
+        runtime,
+        HANDSHAKE_TIMEOUT,
+        authenticate(&mut io, agent, runtime.shard()),
+    )
+    .await
+    {
+        Some(result) => result?,
+        None => return Err(SessionError::Timeout("handshake with the Server")),
+    };
     backoff.reset();
     agent.stats.sessions.increment();
     check_services(agent, &welcome);
@@ -286,6 +304,7 @@ fn check_services(agent: &AgentShared, welcome: &Welcome) {
 async fn authenticate<T>(
     io: &mut TlsIo<T>,
     agent: &AgentShared,
+    shard: usize,
 ) -> Result<(Welcome, Vec<u8>), SessionError>
 where
     T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
@@ -298,7 +317,7 @@ where
         version: PROTOCOL_VERSION,
         gateway_id: config.gateway_id.clone(),
         agent_name: config.agent_name.clone(),
-        instance_id: agent.instance_id,
+        instance_id: agent.shard_instance(shard),
     }
     .encode(&mut out);
     io.send(&out).await?;

@@ -21,6 +21,8 @@ pub(super) struct Accepted {
     pub gateway: std::sync::Arc<super::GatewayState>,
     pub agent_name: String,
     pub key_fingerprint: Fingerprint,
+    /// Identifies the Agent shard that opened the session, across its reconnects.
+    pub instance_id: [u8; 16],
     /// Plaintext that arrived after the Auth message.
     pub pending: Vec<u8>,
 }
@@ -171,6 +173,7 @@ pub(super) async fn authenticate<T: AsyncRead + AsyncWrite + Unpin>(
         gateway,
         agent_name: hello.agent_name,
         key_fingerprint,
+        instance_id: hello.instance_id,
         pending,
     })
 }

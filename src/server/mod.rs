@@ -50,6 +50,8 @@ pub struct ServerStats {
     pub no_agent: Counter,
     /// Sessions closed because a registry change no longer admits their Agent.
     pub revoked: Counter,
+    /// Sessions closed because their Agent instance logged in again.
+    pub replaced: Counter,
 }
 
 /// Live sessions of one gateway per shard; kept across registry changes.
@@ -78,6 +80,8 @@ pub enum ShardMessage {
     Handoff(Handoff),
     /// The snapshot changed.
     Reconfigure,
+    /// The Agent instance of this session logged in again; close the old session.
+    Replace { session_id: u64 },
 }
 
 /// An entry connection moving to another shard.
@@ -96,6 +100,8 @@ pub struct ServerShared {
     pub stats: ServerStats,
     snapshot: RwLock<Arc<Snapshot>>,
     live: Mutex<HashMap<String, Arc<LiveCounts>>>,
+    /// Latest session of each Agent instance: (shard, session id).
+    instances: Mutex<HashMap<[u8; 16], (usize, u64)>>,
     shards: usize,
     messages: Vec<flume::Sender<ShardMessage>>,
     next_session: AtomicU64,
@@ -118,6 +124,7 @@ impl ServerShared {
             stats: ServerStats::default(),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             live: Mutex::new(HashMap::new()),
+            instances: Mutex::new(HashMap::new()),
             shards,
             messages: senders,
             next_session: AtomicU64::new(1),
@@ -376,6 +383,7 @@ async fn receive_messages<R: Runtime>(
             Some(ShardMessage::Reconfigure) => {
                 let _ = reconcile(&shard, false);
             }
+            Some(ShardMessage::Replace { session_id }) => replace_session(&shard, session_id),
             Some(ShardMessage::Handoff(handoff)) => match shard.runtime.adopt(handoff.stream) {
                 Ok(tcp) => route(
                     &shard,
@@ -483,6 +491,24 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
     gateway.live.per_shard[shard.runtime.shard()].fetch_add(1, Ordering::AcqRel);
     shared.stats.sessions.increment();
 
+    // An Agent that reconnects while its old session still looks alive (a link that died
+    // without a FIN) replaces it, so the old one leaks nothing until its heartbeat expires.
+    let here = (shard.runtime.shard(), session_id);
+    let previous = shared
+        .instances
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(accepted.instance_id, here);
+    if let Some((old_shard, old_session)) = previous {
+        if old_shard == here.0 {
+            replace_session(&shard, old_session);
+        } else {
+            let _ = shared.messages[old_shard].send(ShardMessage::Replace {
+                session_id: old_session,
+            });
+        }
+    }
+
     // A registry change may have revoked this Agent while it was authenticating.
     let _ = reconcile(&shard, false);
 
@@ -519,8 +545,34 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
     ended.fire();
 
     gateway.live.per_shard[shard.runtime.shard()].fetch_sub(1, Ordering::AcqRel);
+    {
+        let mut instances = shared
+            .instances
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if instances.get(&accepted.instance_id) == Some(&here) {
+            instances.remove(&accepted.instance_id);
+        }
+    }
     if let Some(list) = shard.sessions.borrow_mut().get_mut(&gateway_id) {
         list.retain(|live| !Rc::ptr_eq(&live.session, &session));
+    }
+}
+
+/// Closes session `session_id` of this shard, whose Agent instance has logged in again.
+fn replace_session<R: Runtime>(shard: &Shard<R>, session_id: u64) {
+    let sessions = shard.sessions.borrow();
+    let found = sessions
+        .iter()
+        .flat_map(|(gateway_id, list)| list.iter().map(move |live| (gateway_id, live)))
+        .find(|(_, live)| live.session.id == session_id);
+    if let Some((gateway_id, live)) = found {
+        let total = shard.shared.stats.replaced.increment();
+        tracing::info!(
+            gateway.id = %gateway_id, session.id = session_id, peer.addr = %live.peer, replaced_total = total,
+            "the Agent logged in again; closing its old session"
+        );
+        live.session.close();
     }
 }
 

@@ -182,6 +182,12 @@ pub struct Env {
     pub deny_io_uring: bool,
     /// Issue Agent client certificates for this gateway instead of the Agent's own.
     pub certificate_gateway: Option<String>,
+    /// Server heartbeat interval and timeout.
+    pub server_heartbeat: (&'static str, &'static str),
+    /// Agent heartbeat interval and timeout; the Agent's defaults when `None`.
+    pub agent_heartbeat: Option<(&'static str, &'static str)>,
+    /// Port the Agents dial instead of the Server's, such as a test relay in between.
+    pub agent_dial_port: Option<u16>,
     pub server: Option<Process>,
     pub agents: Vec<Process>,
 }
@@ -200,6 +206,9 @@ impl Env {
             backends,
             deny_io_uring: false,
             certificate_gateway: None,
+            server_heartbeat: ("1s", "3s"),
+            agent_heartbeat: None,
+            agent_dial_port: None,
             server: None,
             agents: Vec::new(),
         }
@@ -225,9 +234,9 @@ impl Env {
     pub fn start_server(&mut self, gateways: &[GatewaySpec]) {
         let mut yaml = format!(
             "listen: \"127.0.0.1:{}\"\ntls: {{ca: pki/ca.pem, cert: pki/server.pem, key: pki/server.key}}\n\
-             runtime: {{shards: 2, backend: {}}}\nheartbeat: {{interval: 1s, timeout: 3s}}\ndrain_timeout: 5s\n\
+             runtime: {{shards: 2, backend: {}}}\nheartbeat: {{interval: {}, timeout: {}}}\ndrain_timeout: 5s\n\
              log: {{level: \"info,ipaas_gateway=debug\", file: server.log}}\ngateways:\n",
-            self.agent_port, self.backends.server
+            self.agent_port, self.backends.server, self.server_heartbeat.0, self.server_heartbeat.1
         );
         for gateway in gateways {
             yaml += &format!("  - id: {}\n    public_keys:\n", gateway.id);
@@ -276,9 +285,13 @@ impl Env {
 
         let mut yaml = format!(
             "server: {{address: \"127.0.0.1:{}\", tls_name: localhost}}\ngateway_id: {gateway_id}\nagent_name: {name}\n\
-             runtime: {{shards: 2, backend: {}}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\nservices:\n",
-            self.agent_port, self.backends.agent
+             runtime: {{shards: 2, backend: {}}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\n",
+            self.agent_dial_port.unwrap_or(self.agent_port), self.backends.agent
         );
+        if let Some((interval, timeout)) = self.agent_heartbeat {
+            yaml += &format!("heartbeat: {{interval: {interval}, timeout: {timeout}}}\n");
+        }
+        yaml += "services:\n";
         for (service, target) in services {
             yaml += &format!("  - {{name: {service}, target: \"{target}\"}}\n");
         }

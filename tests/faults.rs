@@ -1,0 +1,254 @@
+//! Faults between and around the two programs: a link that goes silent without closing, an
+//! Agent that logs in again while its old session still looks alive, and several Agents
+//! serving one gateway when one of them dies.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+on_every_backend!(
+    silent_link_is_detected_by_both_sides,
+    relogin_replaces_the_old_session,
+    streams_spread_over_agents_and_survive_one_dying,
+);
+
+/// A TCP relay in the test process. `cut` turns every connection open at that moment into
+/// a black hole: bytes are read and dropped in both directions, and nothing is closed.
+/// Connections made later are relayed normally.
+struct Blackhole {
+    port: u16,
+    generation: Arc<AtomicUsize>,
+}
+
+impl Blackhole {
+    fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::clone(&generation);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let born = shared.load(Ordering::SeqCst);
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let generation = Arc::clone(&shared);
+                    std::thread::spawn(move || pump(from, to, born, &generation));
+                }
+            }
+        });
+        Self { port, generation }
+    }
+
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until EOF; after a cut, reads and drops instead (bounded to 10
+/// minutes so that the thread ends by itself).
+fn pump(mut from: TcpStream, mut to: TcpStream, born: usize, generation: &AtomicUsize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut buffer = [0u8; 16 * 1024];
+    from.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    while Instant::now() < deadline {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        if generation.load(Ordering::SeqCst) != born {
+            continue;
+        }
+        if to.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    if generation.load(Ordering::SeqCst) == born {
+        let _ = to.shutdown(Shutdown::Write);
+    }
+}
+
+/// Starts a Server with gateway `gw` and an echo service; returns the env, the entry port
+/// and the private key.
+fn echo_gateway(
+    backends: Backends,
+    env_setup: impl FnOnce(&mut Env),
+) -> (Env, u16, std::path::PathBuf, TestService) {
+    let mut env = Env::new(backends);
+    env_setup(&mut env);
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let service = TestService::start(echo);
+    let entry = free_port();
+    env.start_server(&[GatewaySpec {
+        id: "gw".into(),
+        public_keys: vec![public],
+        allow: vec!["127.0.0.0/8".into()],
+        services: vec![("echo".into(), entry)],
+    }]);
+    (env, entry, private, service)
+}
+
+fn silent_link_is_detected_by_both_sides(backends: Backends) {
+    let (mut env, entry, private, service) = echo_gateway(backends, |env| {
+        env.server_heartbeat = ("1s", "3s");
+        env.agent_heartbeat = Some(("1s", "3s"));
+    });
+    let relay = Blackhole::start(env.agent_port);
+    env.agent_dial_port = Some(relay.port);
+    let root = env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
+    wait_until_routed(entry, LIMIT);
+
+    // An entry client in the middle of a stream when the link goes silent.
+    let mut client = TcpStream::connect(("127.0.0.1", entry)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    client.write_all(b"before").unwrap();
+    let mut echoed = [0u8; 6];
+    client.read_exact(&mut echoed).unwrap();
+
+    let cut_at = Instant::now();
+    relay.cut();
+    wait_for_log(&env.server_log(), "end=HeartbeatTimeout", LIMIT);
+    wait_for_log(&root.join("log/agent.log"), "end=HeartbeatTimeout", LIMIT);
+    let detected = cut_at.elapsed();
+    assert!(
+        detected < Duration::from_secs(10),
+        "detection took {detected:?}"
+    );
+
+    // The client of the dead session is closed, not left hanging.
+    let mut rest = [0u8; 16];
+    let read = client.read(&mut rest);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+
+    // The Agent reconnects through the relay and serves traffic again.
+    wait_until_routed(entry, LIMIT);
+}
+
+fn relogin_replaces_the_old_session(backends: Backends) {
+    // The Server would notice the dead link only after 60 s; the Agent after 3 s.
+    let (mut env, entry, private, service) = echo_gateway(backends, |env| {
+        env.server_heartbeat = ("20s", "60s");
+        env.agent_heartbeat = Some(("1s", "3s"));
+    });
+    let relay = Blackhole::start(env.agent_port);
+    env.agent_dial_port = Some(relay.port);
+    env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
+    wait_until_routed(entry, LIMIT);
+
+    relay.cut();
+    let log = wait_for_log(
+        &env.server_log(),
+        "the Agent logged in again; closing its old session",
+        LIMIT,
+    );
+    // Both shards of the Agent replaced their sessions, and nothing else was replaced.
+    wait_for("both old sessions replaced", LIMIT, || {
+        count_in_log(&env.server_log(), "closing its old session") >= 2
+    });
+    assert!(
+        !log.contains("end=HeartbeatTimeout"),
+        "the Server waited for its own timeout: {log}"
+    );
+
+    // Every entry connection now reaches a live session.
+    for _ in 0..20 {
+        wait_until_routed(entry, Duration::from_secs(5));
+    }
+}
+
+fn answer_a(mut stream: TcpStream) {
+    let _ = stream.write_all(b"A");
+}
+
+fn answer_b(mut stream: TcpStream) {
+    let _ = stream.write_all(b"B");
+}
+
+fn ask(entry: u16) -> Option<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", entry)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).ok()?;
+    Some(answer[0])
+}
+
+fn streams_spread_over_agents_and_survive_one_dying(backends: Backends) {
+    let mut env = Env::new(backends);
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let (service_a, service_b) = (TestService::start(answer_a), TestService::start(answer_b));
+    let entry = free_port();
+    env.start_server(&[GatewaySpec {
+        id: "gw".into(),
+        public_keys: vec![public],
+        allow: vec!["127.0.0.0/8".into()],
+        services: vec![("who".into(), entry)],
+    }]);
+    env.start_agent("agent-a", "gw", &private, &[("who", service_a.target())]);
+    env.start_agent("agent-b", "gw", &private, &[("who", service_b.target())]);
+    wait_for("sessions of both Agents", LIMIT, || {
+        count_in_log(&env.server_log(), "Agent session established") >= 4
+    });
+
+    let answers: Vec<Option<u8>> = (0..60).map(|_| ask(entry)).collect();
+    assert!(answers.iter().all(Option::is_some), "{answers:?}");
+    let from_a = answers
+        .iter()
+        .filter(|answer| **answer == Some(b'A'))
+        .count();
+    assert!(
+        from_a > 0 && from_a < 60,
+        "{from_a} of 60 streams went to Agent A"
+    );
+
+    // Agent A dies; once the Server has seen its sessions end, every stream goes to B.
+    env.agents[0].child.kill().unwrap();
+    wait_for("the Server to notice", LIMIT, || {
+        count_in_log(&env.server_log(), "agent.name=agent-a") > 0
+            && read_log(&env.server_log())
+                .lines()
+                .filter(|line| {
+                    line.contains("agent.name=agent-a")
+                        && (line.contains("session ended") || line.contains("session failed"))
+                })
+                .count()
+                >= 2
+    });
+    for attempt in 0..40 {
+        assert_eq!(
+            ask(entry),
+            Some(b'B'),
+            "stream {attempt} after Agent A died"
+        );
+    }
+}
