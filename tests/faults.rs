@@ -18,6 +18,8 @@ on_every_backend!(
     silent_link_is_detected_by_both_sides,
     relogin_replaces_the_old_session,
     streams_spread_over_agents_and_survive_one_dying,
+    slow_consumer_keeps_memory_bounded,
+    unreachable_target_closes_entry_promptly,
 );
 
 /// A TCP relay in the test process. `cut` turns every connection open at that moment into
@@ -251,4 +253,217 @@ fn streams_spread_over_agents_and_survive_one_dying(backends: Backends) {
             "stream {attempt} after Agent A died"
         );
     }
+}
+
+/// Reads `/proc/PID/status` VmRSS in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads slowly from a producer that pushes as fast as it can, for `seconds`, and returns
+/// the largest RSS growth of Server and Agent in KiB.
+fn slow_reader_growth(env: &mut Env, mut reader: TcpStream, seconds: u64) -> (u64, u64) {
+    let server = env.server.as_ref().unwrap().pid();
+    let agent = env.agents[0].pid();
+    let (server_base, agent_base) = (rss_kib(server), rss_kib(agent));
+    let (mut server_peak, mut agent_peak) = (server_base, agent_base);
+    reader
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = vec![0u8; 100 * 1024];
+    let mut total = 0usize;
+    // 1 MiB/s: ten reads of 100 KiB per second.
+    for _ in 0..seconds * 10 {
+        total += reader.read(&mut buffer).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        server_peak = server_peak.max(rss_kib(server));
+        agent_peak = agent_peak.max(rss_kib(agent));
+    }
+    assert!(total > 0, "nothing arrived");
+    (server_peak - server_base, agent_peak - agent_base)
+}
+
+/// Reads at 1 MiB/s whatever the peer sends.
+fn slow_sink(mut stream: TcpStream) {
+    let mut buffer = vec![0u8; 100 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Memory either process may add while a producer outruns a slow reader: the stream
+/// window (256 KiB) and session window (16 MiB) bound what is buffered; the rest is
+/// allowance for buffers and allocator slack. Without flow control a 1 GiB producer
+/// would add hundreds of MiB.
+const FLOW_CONTROL_BOUND_KIB: u64 = 48 * 1024;
+
+fn slow_consumer_keeps_memory_bounded(backends: Backends) {
+    // Download direction: private service pushes, entry client reads slowly.
+    let mut env = Env::new(backends);
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let (producer, sink) = (
+        TestService::start(endless_gigabyte),
+        TestService::start(slow_sink),
+    );
+    let (down, up) = (free_port(), free_port());
+    env.start_server(&[GatewaySpec {
+        id: "gw".into(),
+        public_keys: vec![public],
+        allow: vec!["127.0.0.0/8".into()],
+        services: vec![("down".into(), down), ("up".into(), up)],
+    }]);
+    env.start_agent(
+        "agent-1",
+        "gw",
+        &private,
+        &[("down", producer.target()), ("up", sink.target())],
+    );
+    wait_for("the gateway to route", LIMIT, || {
+        TcpStream::connect(("127.0.0.1", down)).is_ok_and(|mut stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            stream.read(&mut [0u8; 1]).is_ok_and(|n| n == 1)
+        })
+    });
+
+    let reader = TcpStream::connect(("127.0.0.1", down)).unwrap();
+    let (server_growth, agent_growth) = slow_reader_growth(&mut env, reader, 6);
+    assert!(
+        server_growth < FLOW_CONTROL_BOUND_KIB,
+        "Server grew by {server_growth} KiB"
+    );
+    assert!(
+        agent_growth < FLOW_CONTROL_BOUND_KIB,
+        "Agent grew by {agent_growth} KiB"
+    );
+
+    // Upload direction: the entry client pushes 1 GiB, the private service reads slowly.
+    let server = env.server.as_ref().unwrap().pid();
+    let agent = env.agents[0].pid();
+    let (server_base, agent_base) = (rss_kib(server), rss_kib(agent));
+    let mut writer = TcpStream::connect(("127.0.0.1", up)).unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let chunk = vec![0xa5u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let (mut server_peak, mut agent_peak, mut sent) = (server_base, agent_base, 0usize);
+    while Instant::now() < deadline && sent < 1 << 30 {
+        if let Ok(n) = writer.write(&chunk) {
+            sent += n;
+        }
+        server_peak = server_peak.max(rss_kib(server));
+        agent_peak = agent_peak.max(rss_kib(agent));
+    }
+    assert!(sent > 0);
+    assert!(
+        sent < 1 << 30,
+        "the whole GiB went through a 1 MiB/s reader"
+    );
+    assert!(
+        server_peak - server_base < FLOW_CONTROL_BOUND_KIB,
+        "Server grew by {} KiB",
+        server_peak - server_base
+    );
+    assert!(
+        agent_peak - agent_base < FLOW_CONTROL_BOUND_KIB,
+        "Agent grew by {} KiB",
+        agent_peak - agent_base
+    );
+}
+
+/// Sends up to 1 GiB as fast as the reader allows.
+fn endless_gigabyte(mut stream: TcpStream) {
+    let chunk = vec![0x3cu8; 64 * 1024];
+    for _ in 0..16_384 {
+        if stream.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+}
+
+fn unreachable_target_closes_entry_promptly(backends: Backends) {
+    // One target refuses (nothing listens); the other never answers the SYN because its
+    // accept queue is full.
+    let refused = free_port();
+    let full = TcpListener::bind("127.0.0.1:0").unwrap();
+    let full_port = full.local_addr().unwrap().port();
+    let mut queued = Vec::new();
+    for _ in 0..512 {
+        match TcpStream::connect_timeout(
+            &format!("127.0.0.1:{full_port}").parse().unwrap(),
+            Duration::from_millis(200),
+        ) {
+            Ok(stream) => queued.push(stream),
+            Err(_) => break,
+        }
+    }
+
+    let mut env = Env::new(backends);
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let service = TestService::start(echo);
+    let (echo_entry, refused_entry, silent_entry) = (free_port(), free_port(), free_port());
+    env.start_server(&[GatewaySpec {
+        id: "gw".into(),
+        public_keys: vec![public],
+        allow: vec!["127.0.0.0/8".into()],
+        services: vec![
+            ("echo".into(), echo_entry),
+            ("refused".into(), refused_entry),
+            ("silent".into(), silent_entry),
+        ],
+    }]);
+    let root = env.start_agent(
+        "agent-1",
+        "gw",
+        &private,
+        &[
+            ("echo", service.target()),
+            ("refused", format!("127.0.0.1:{refused}")),
+            ("silent", format!("127.0.0.1:{full_port}")),
+        ],
+    );
+    wait_until_routed(echo_entry, LIMIT);
+
+    // connect_timeout is 2 s in the test config.
+    for (entry, limit) in [
+        (refused_entry, Duration::from_secs(2)),
+        (silent_entry, Duration::from_secs(5)),
+    ] {
+        let started = Instant::now();
+        assert!(
+            closed_without_data(entry, limit + Duration::from_secs(1)),
+            "entry {entry} stayed open"
+        );
+        assert!(
+            started.elapsed() < limit + Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    let log = wait_for_log(
+        &root.join("log/agent.log"),
+        &format!("target=127.0.0.1:{refused}"),
+        LIMIT,
+    );
+    assert!(
+        log.contains("cannot connect to the private service"),
+        "{log}"
+    );
+    let log = wait_for_log(&root.join("log/agent.log"), "connect timed out", LIMIT);
+    assert!(
+        log.contains(&format!("target=127.0.0.1:{full_port}")),
+        "{log}"
+    );
+    drop(queued);
 }
