@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ on_every_backend!(
     streams_spread_over_agents_and_survive_one_dying,
     slow_consumer_keeps_memory_bounded,
     unreachable_target_closes_entry_promptly,
+    no_leaks_after_streams_and_reconnects,
 );
 
 /// A TCP relay in the test process. `cut` turns every connection open at that moment into
@@ -28,6 +30,7 @@ on_every_backend!(
 struct Blackhole {
     port: u16,
     generation: Arc<AtomicUsize>,
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
 impl Blackhole {
@@ -36,11 +39,14 @@ impl Blackhole {
         let port = listener.local_addr().unwrap().port();
         let generation = Arc::new(AtomicUsize::new(0));
         let shared = Arc::clone(&generation);
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registered = Arc::clone(&open);
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
+                registered.lock().unwrap().push(client.try_clone().unwrap());
                 let born = shared.load(Ordering::SeqCst);
                 for (from, to) in [
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
@@ -51,11 +57,22 @@ impl Blackhole {
                 }
             }
         });
-        Self { port, generation }
+        Self {
+            port,
+            generation,
+            open,
+        }
     }
 
     fn cut(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Closes every relayed connection, which makes the Agent reconnect.
+    fn drop_all(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -466,4 +483,84 @@ fn unreachable_target_closes_entry_promptly(backends: Backends) {
         "{log}"
     );
     drop(queued);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+/// Sockets of `pid` in CLOSE_WAIT, from `ss`.
+fn close_wait(pid: u32) -> usize {
+    let output = Command::new("ss")
+        .args(["-tanp", "state", "close-wait"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .count()
+}
+
+/// Short echo streams from four client threads.
+fn short_streams(entry: u16, count: usize) {
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..count / 4 {
+                    let mut stream = TcpStream::connect(("127.0.0.1", entry)).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    stream.write_all(b"x").unwrap();
+                    let mut reply = [0u8; 1];
+                    stream.read_exact(&mut reply).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+/// Set `IPAAS_SOAK=1` for the full run: 10,000 streams and 100 reconnects.
+fn no_leaks_after_streams_and_reconnects(backends: Backends) {
+    let soak = std::env::var_os("IPAAS_SOAK").is_some();
+    let (streams, reconnects) = if soak { (10_000, 100) } else { (2_000, 10) };
+
+    let (mut env, entry, private, service) = echo_gateway(backends, |_| {});
+    let relay = Blackhole::start(env.agent_port);
+    env.agent_dial_port = Some(relay.port);
+    env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
+    wait_until_routed(entry, LIMIT);
+    short_streams(entry, 200);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (server, agent) = (env.server.as_ref().unwrap().pid(), env.agents[0].pid());
+    let fds_before = (open_fds(server), open_fds(agent));
+    let rss_before = (rss_kib(server), rss_kib(agent));
+
+    short_streams(entry, streams);
+    for _ in 0..reconnects {
+        relay.drop_all();
+        wait_until_routed(entry, LIMIT);
+    }
+    // Both Agent shards must be back before counting their sockets.
+    std::thread::sleep(Duration::from_secs(2));
+    short_streams(entry, 200);
+
+    wait_for("descriptors back to the baseline", LIMIT, || {
+        open_fds(server) <= fds_before.0 + 2 && open_fds(agent) <= fds_before.1 + 2
+    });
+    let rss_after = (rss_kib(server), rss_kib(agent));
+    assert!(
+        rss_after.0 < rss_before.0 + 16 * 1024,
+        "Server RSS {rss_before:?} -> {rss_after:?}"
+    );
+    assert!(
+        rss_after.1 < rss_before.1 + 16 * 1024,
+        "Agent RSS {rss_before:?} -> {rss_after:?}"
+    );
+    assert_eq!(close_wait(server), 0);
+    assert_eq!(close_wait(agent), 0);
 }
