@@ -52,6 +52,9 @@ pub struct MuxConfig {
     pub stream_window: u32,
     /// Receive window of the session in bytes: the most buffered across all streams.
     /// Default 16 MiB.
+    ///
+    /// NOTE: streams whose readers stall keep their buffered bytes in this window, so
+    /// about `session_window / stream_window` stalled streams block the others.
     pub session_window: u32,
     /// Maximum number of open streams. Default 8192.
     pub max_streams: u32,
