@@ -22,6 +22,7 @@ on_every_backend!(
     slow_consumer_keeps_memory_bounded,
     unreachable_target_closes_entry_promptly,
     no_leaks_after_streams_and_reconnects,
+    server_restart_brings_agents_back,
 );
 
 /// A TCP relay in the test process. `cut` turns every connection open at that moment into
@@ -563,4 +564,28 @@ fn no_leaks_after_streams_and_reconnects(backends: Backends) {
     );
     assert_eq!(close_wait(server), 0);
     assert_eq!(close_wait(agent), 0);
+}
+
+fn server_restart_brings_agents_back(backends: Backends) {
+    let (mut env, entry, private, service) = echo_gateway(backends, |_| {});
+    env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
+    env.start_agent("agent-2", "gw", &private, &[("echo", service.target())]);
+    wait_for("four sessions", LIMIT, || {
+        count_in_log(&env.server_log(), "Agent session established") >= 4
+    });
+
+    let restarted = Instant::now();
+    env.restart_server();
+    // Two Agents with two shards each: four sessions before, four more after.
+    wait_for("every Agent session back", LIMIT, || {
+        count_in_log(&env.server_log(), "Agent session established") >= 8
+    });
+    wait_until_routed(entry, LIMIT);
+    let recovery = restarted.elapsed();
+    // The Agents' backoff starts at 200 ms and is capped at 2 s in the test config.
+    assert!(
+        recovery < Duration::from_secs(10),
+        "recovery took {recovery:?}"
+    );
+    eprintln!("Server restart: every Agent session back after {recovery:?}");
 }

@@ -253,7 +253,15 @@ impl Env {
             }
         }
         std::fs::write(self.path("server/server.yaml"), yaml).unwrap();
-        let console = std::fs::File::create(self.path("server/console.log")).unwrap();
+        self.spawn_server();
+    }
+
+    fn spawn_server(&mut self) {
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("server/console.log"))
+            .unwrap();
         self.server = Some(Process::spawn(
             "ipaas-server",
             self.command(SERVER_BIN)
@@ -262,6 +270,16 @@ impl Env {
                 .stdout(Stdio::null())
                 .stderr(console),
         ));
+    }
+
+    /// Stops the Server with SIGTERM and starts it again with the same config and registry.
+    pub fn restart_server(&mut self) {
+        let mut server = self.server.take().expect("the Server runs");
+        assert!(
+            server.terminate(Duration::from_secs(30)),
+            "the Server did not stop on SIGTERM"
+        );
+        self.spawn_server();
     }
 
     /// Lays out an Agent package named `name`, writes its config and starts the Agent.
