@@ -251,3 +251,61 @@ fn logs_hold_no_key_material() {
         }
     }
 }
+
+#[test]
+fn flood_from_one_address_does_not_lock_out_agents() {
+    let mut env = Env::new(Backends::IO_URING);
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let service = TestService::start(echo);
+    let entry = free_port();
+    env.start_server(&[GatewaySpec {
+        id: "gw".into(),
+        public_keys: vec![public],
+        allow: vec!["127.0.0.1".into()],
+        services: vec![("echo".into(), entry)],
+    }]);
+    wait_for("the Agent port", LIMIT, || {
+        TcpStream::connect(("127.0.0.1", env.agent_port)).is_ok()
+    });
+
+    // 127.0.0.2 opens 1,000 connections as fast as it can and keeps them idle or sends junk.
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], env.agent_port).into();
+    let mut flood = Vec::new();
+    for index in 0..1000 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+            .unwrap();
+        if socket
+            .connect_timeout(&target.into(), Duration::from_secs(1))
+            .is_err()
+        {
+            continue;
+        }
+        let mut stream: TcpStream = socket.into();
+        if index % 2 == 0 {
+            let _ = stream.write_all(b"\x16\x03\x01 junk that is not a TLS hello");
+        }
+        flood.push(stream);
+    }
+
+    // An Agent from 127.0.0.1 logs in and relays while the flood's connections are open,
+    // well before they would time out (handshake_timeout is 10 s).
+    let started = std::time::Instant::now();
+    let root = env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
+    wait_until_routed(entry, LIMIT);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the Agent got in after {:?}",
+        started.elapsed()
+    );
+    wait_for_log(&root.join("log/agent.log"), "session established", LIMIT);
+    let log = wait_for_log(
+        &env.server_log(),
+        "too many new connections from this address",
+        LIMIT,
+    );
+    assert!(log.contains("127.0.0.2"), "{log}");
+    drop(flood);
+}

@@ -33,6 +33,8 @@ struct Raw {
     handshake_timeout: String,
     #[serde(default = "default_max_unauthenticated")]
     max_unauthenticated: usize,
+    #[serde(default = "default_handshake_rate")]
+    handshake_rate_per_source: u32,
     #[serde(default = "default_min_key_bits")]
     min_key_bits: usize,
     #[serde(default = "default_drain_timeout")]
@@ -119,6 +121,9 @@ struct RawService {
 fn default_handshake_timeout() -> String {
     "10s".into()
 }
+fn default_handshake_rate() -> u32 {
+    20
+}
 fn default_max_unauthenticated() -> usize {
     256
 }
@@ -141,6 +146,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Cap on connections that have not finished the handshake, per shard.
     pub max_unauthenticated: usize,
+    /// New Agent connections a source address may open per second on each shard (bursts
+    /// of twice that); 0 turns the limit off.
+    pub handshake_rate_per_source: u32,
     /// Smallest RSA modulus accepted for Agent keys.
     pub min_key_bits: usize,
     /// How long in-flight streams may run after SIGTERM before the sessions close.
@@ -449,6 +457,7 @@ fn resolve(raw: Raw, file: &Path, root: &Path) -> Result<ServerConfig, ConfigErr
         heartbeat,
         handshake_timeout,
         max_unauthenticated: raw.max_unauthenticated,
+        handshake_rate_per_source: raw.handshake_rate_per_source,
         min_key_bits: raw.min_key_bits,
         drain_timeout,
         log,

@@ -52,6 +52,8 @@ pub struct ServerStats {
     pub revoked: Counter,
     /// Sessions closed because their Agent instance logged in again.
     pub replaced: Counter,
+    /// Agent connections closed by the per-source rate limit.
+    pub rate_limited: Counter,
 }
 
 /// Live sessions of one gateway per shard; kept across registry changes.
@@ -211,6 +213,8 @@ struct Shard<R: Runtime> {
     listeners: RefCell<HashMap<ListenerKey, Rc<Trigger>>>,
     next_session: Cell<usize>,
     unauthenticated: Cell<usize>,
+    /// Token buckets of the per-source handshake rate limit.
+    rate: RefCell<HashMap<std::net::IpAddr, Bucket>>,
     pool: Rc<BufferPool>,
     shutdown: Rc<Trigger>,
 }
@@ -235,6 +239,7 @@ pub async fn run_shard<R: Runtime>(
         shared: Arc::clone(&shared),
         next_session: Cell::new(0),
         unauthenticated: Cell::new(0),
+        rate: RefCell::new(HashMap::new()),
         pool: BufferPool::new(BUFFER_SIZE, MAX_IDLE_BUFFERS),
         shutdown: Rc::clone(&shutdown),
     });
@@ -419,6 +424,13 @@ async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
             }
         };
 
+        if !admit(&shard, peer.ip()) {
+            let total = shard.shared.stats.rate_limited.increment();
+            if total.is_power_of_two() {
+                tracing::warn!(peer.addr = %peer, rate_limited_total = total, "too many new connections from this address; closing them");
+            }
+            continue;
+        }
         if shard.unauthenticated.get() >= shard.shared.config.max_unauthenticated {
             let total = shard.shared.stats.unauthenticated_dropped.increment();
             tracing::debug!(peer.addr = %peer, dropped_total = total, "too many handshakes in progress; connection closed");
@@ -430,6 +442,45 @@ async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
             .runtime
             .spawn(serve_agent(Rc::clone(&shard), tcp, peer).instrument(span));
     }
+}
+
+/// A token bucket: `tokens` refill at the configured rate up to twice the rate.
+struct Bucket {
+    tokens: f64,
+    updated: std::time::Instant,
+}
+
+/// Applies the per-source handshake rate limit; returns whether `source` may connect.
+fn admit<R: Runtime>(shard: &Shard<R>, source: std::net::IpAddr) -> bool {
+    let rate = f64::from(shard.shared.config.handshake_rate_per_source);
+    if rate == 0.0 {
+        return true;
+    }
+    let now = std::time::Instant::now();
+    let burst = rate * 2.0;
+    let mut buckets = shard.rate.borrow_mut();
+
+    // Forget sources whose bucket has refilled, so a scan of many addresses cannot grow
+    // the map without bound.
+    if buckets.len() > 4096 {
+        buckets.retain(|_, bucket| {
+            bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate < burst
+        });
+    }
+    let bucket = buckets
+        .entry(crate::config::server::canonical_ip(source))
+        .or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+    bucket.tokens =
+        (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(burst);
+    bucket.updated = now;
+    if bucket.tokens < 1.0 {
+        return false;
+    }
+    bucket.tokens -= 1.0;
+    true
 }
 
 async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketAddr) {
