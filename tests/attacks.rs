@@ -132,12 +132,7 @@ fn sign(key: &PrivateKey, nonce: &[u8; 32], exporter: &[u8; 32]) -> Vec<u8> {
 fn replayed_and_foreign_signatures_are_rejected() {
     let mut env = Env::new(Backends::IO_URING);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.1".into()],
-        services: vec![("echo".into(), free_port())],
-    }]);
+    env.start_gateway(&public, "127.0.0.1", &[("echo", free_port())]);
     let client = env.path("client");
     run(Command::new(SERVER_BIN)
         .args(["pki", "issue-agent", "--gateway", "gw", "--dir"])
@@ -202,12 +197,7 @@ fn logs_hold_no_key_material() {
     let (other_private, _) = openssl_keys(&env.path("other"), 2048);
     let service = TestService::start(echo);
     let entry = free_port();
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.1".into()],
-        services: vec![("echo".into(), entry)],
-    }]);
+    env.start_gateway(&public, "127.0.0.1", &[("echo", entry)]);
     let good = env.start_agent("good", "gw", &private, &[("echo", service.target())]);
     let bad = env.start_agent("bad", "gw", &other_private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
@@ -258,12 +248,7 @@ fn flood_from_one_address_does_not_lock_out_agents() {
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let entry = free_port();
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.1".into()],
-        services: vec![("echo".into(), entry)],
-    }]);
+    env.start_gateway(&public, "127.0.0.1", &[("echo", entry)]);
     wait_for("the Agent port", LIMIT, || {
         TcpStream::connect(("127.0.0.1", env.agent_port)).is_ok()
     });

@@ -23,29 +23,12 @@ on_every_backend!(
     start_and_stop_scripts,
 );
 
-fn single_gateway(
-    env: &mut Env,
-    public_key: &std::path::Path,
-    allow: &str,
-    services: &[(&str, u16)],
-) {
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public_key.to_owned()],
-        allow: vec![allow.into()],
-        services: services
-            .iter()
-            .map(|(name, port)| (name.to_string(), *port))
-            .collect(),
-    }]);
-}
-
 fn wrong_key_is_rejected(backends: Backends) {
     let mut env = Env::new(backends);
     let (_, registered) = openssl_keys(&env.path("registered"), 2048);
     let (other_private, _) = openssl_keys(&env.path("other"), 2048);
     let entry = free_port();
-    single_gateway(&mut env, &registered, "127.0.0.0/8", &[("echo", entry)]);
+    env.start_gateway(&registered, "127.0.0.0/8", &[("echo", entry)]);
     let root = env.start_agent(
         "agent-1",
         "gw",
@@ -74,7 +57,7 @@ fn wrong_key_is_rejected(backends: Backends) {
 fn unknown_gateway_is_rejected(backends: Backends) {
     let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
-    single_gateway(&mut env, &public, "127.0.0.0/8", &[("echo", free_port())]);
+    env.start_gateway(&public, "127.0.0.0/8", &[("echo", free_port())]);
     let root = env.start_agent(
         "agent-1",
         "gw-missing",
@@ -97,7 +80,7 @@ fn unknown_gateway_is_rejected(backends: Backends) {
 fn address_outside_allowlist_is_rejected(backends: Backends) {
     let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
-    single_gateway(&mut env, &public, "127.0.0.2/32", &[("echo", free_port())]);
+    env.start_gateway(&public, "127.0.0.2/32", &[("echo", free_port())]);
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", "127.0.0.1:9".into())]);
 
     let agent_log = wait_for_log(&root.join("log/agent.log"), "rejected this Agent", LIMIT);
@@ -119,8 +102,7 @@ fn service_missing_from_agent_is_reset(backends: Backends) {
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let (echo_entry, ghost_entry) = (free_port(), free_port());
-    single_gateway(
-        &mut env,
+    env.start_gateway(
         &public,
         "127.0.0.0/8",
         &[("echo", echo_entry), ("ghost", ghost_entry)],
@@ -157,7 +139,7 @@ fn key_of_1024_bits_works_with_warning(backends: Backends) {
     let (private, public) = openssl_keys(&env.path("keys"), 1024);
     let service = TestService::start(echo);
     let entry = free_port();
-    single_gateway(&mut env, &public, "127.0.0.1/32", &[("echo", entry)]);
+    env.start_gateway(&public, "127.0.0.1/32", &[("echo", entry)]);
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
 
@@ -170,7 +152,7 @@ fn start_and_stop_scripts(backends: Backends) {
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let entry = free_port();
-    single_gateway(&mut env, &public, "127.0.0.0/8", &[("echo", entry)]);
+    env.start_gateway(&public, "127.0.0.0/8", &[("echo", entry)]);
 
     // Lay out a package, then stop the directly started Agent so that start.sh runs the only one.
     let root = env.start_agent("package", "gw", &private, &[("echo", service.target())]);
@@ -236,7 +218,7 @@ fn start_and_stop_scripts(backends: Backends) {
 fn certificate_of_another_gateway_is_rejected(backends: Backends) {
     let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
-    single_gateway(&mut env, &public, "127.0.0.0/8", &[("echo", free_port())]);
+    env.start_gateway(&public, "127.0.0.0/8", &[("echo", free_port())]);
     env.certificate_gateway = Some("gw-other".into());
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", "127.0.0.1:9".into())]);
 

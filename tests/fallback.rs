@@ -20,12 +20,7 @@ fn auto_falls_back_to_tokio_when_denied() {
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let entry = free_port();
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.1/32".into()],
-        services: vec![("echo".into(), entry)],
-    }]);
+    env.start_gateway(&public, "127.0.0.1/32", &[("echo", entry)]);
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
 
@@ -48,12 +43,7 @@ fn auto_picks_io_uring_when_allowed() {
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let entry = free_port();
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.1/32".into()],
-        services: vec![("echo".into(), entry)],
-    }]);
+    env.start_gateway(&public, "127.0.0.1/32", &[("echo", entry)]);
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
 

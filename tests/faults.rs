@@ -120,12 +120,7 @@ fn echo_gateway(
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let entry = free_port();
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.0/8".into()],
-        services: vec![("echo".into(), entry)],
-    }]);
+    env.start_gateway(&public, "127.0.0.0/8", &[("echo", entry)]);
     (env, entry, private, service)
 }
 
@@ -228,12 +223,7 @@ fn streams_spread_over_agents_and_survive_one_dying(backends: Backends) {
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let (service_a, service_b) = (TestService::start(answer_a), TestService::start(answer_b));
     let entry = free_port();
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.0/8".into()],
-        services: vec![("who".into(), entry)],
-    }]);
+    env.start_gateway(&public, "127.0.0.0/8", &[("who", entry)]);
     env.start_agent("agent-a", "gw", &private, &[("who", service_a.target())]);
     env.start_agent("agent-b", "gw", &private, &[("who", service_b.target())]);
     wait_for("sessions of both Agents", LIMIT, || {
@@ -333,12 +323,7 @@ fn slow_consumer_keeps_memory_bounded(backends: Backends) {
         TestService::start(slow_sink),
     );
     let (down, up) = (free_port(), free_port());
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.0/8".into()],
-        services: vec![("down".into(), down), ("up".into(), up)],
-    }]);
+    env.start_gateway(&public, "127.0.0.0/8", &[("down", down), ("up", up)]);
     env.start_agent(
         "agent-1",
         "gw",
@@ -431,16 +416,15 @@ fn unreachable_target_closes_entry_promptly(backends: Backends) {
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
     let service = TestService::start(echo);
     let (echo_entry, refused_entry, silent_entry) = (free_port(), free_port(), free_port());
-    env.start_server(&[GatewaySpec {
-        id: "gw".into(),
-        public_keys: vec![public],
-        allow: vec!["127.0.0.0/8".into()],
-        services: vec![
-            ("echo".into(), echo_entry),
-            ("refused".into(), refused_entry),
-            ("silent".into(), silent_entry),
+    env.start_gateway(
+        &public,
+        "127.0.0.0/8",
+        &[
+            ("echo", echo_entry),
+            ("refused", refused_entry),
+            ("silent", silent_entry),
         ],
-    }]);
+    );
     let root = env.start_agent(
         "agent-1",
         "gw",

@@ -17,7 +17,7 @@ mkdir -p "$ROOT/log"
 if [ -f "$PID_FILE" ]; then
     PID=$(cat "$PID_FILE")
     if kill -0 "$PID" 2>/dev/null; then
-        echo "The Agent is already running (pid $PID). Stop it with scripts/$(basename "$(dirname "$0")")/stop.sh first." >&2
+        echo "The Agent is already running (pid $PID). Stop it with stop.sh first." >&2
         exit 1
     fi
     rm -f "$PID_FILE"

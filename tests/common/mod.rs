@@ -282,6 +282,20 @@ impl Env {
         self.spawn_server();
     }
 
+    /// Starts a Server with one gateway `gw`, its public key, one allowlist entry and the
+    /// given services (name and entry port).
+    pub fn start_gateway(&mut self, public_key: &Path, allow: &str, services: &[(&str, u16)]) {
+        self.start_server(&[GatewaySpec {
+            id: "gw".into(),
+            public_keys: vec![public_key.to_owned()],
+            allow: vec![allow.into()],
+            services: services
+                .iter()
+                .map(|(name, port)| (name.to_string(), *port))
+                .collect(),
+        }]);
+    }
+
     /// Lays out an Agent package named `name`, writes its config and starts the Agent.
     pub fn start_agent(
         &mut self,
