@@ -106,7 +106,7 @@ for _ in $(seq 1 50); do
     sleep 0.2
 done
 if [ -z "$BODY" ]; then
-    echo "error: no answer through the gateway. Server log: demo/server/server.log, Agent log: demo/agent/log/agent.log" >&2
+    echo "error: no response through the gateway. Server log: demo/server/server.log, Agent log: demo/agent/log/agent.log" >&2
     exit 1
 fi
 echo "$BODY"

@@ -28,7 +28,7 @@ struct RawAgent {
     pending: Vec<u8>,
 }
 
-/// What the Server answered to an Auth message.
+/// The Server's response to an Auth message.
 #[derive(Debug)]
 enum Outcome {
     Welcome,

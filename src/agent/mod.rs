@@ -45,7 +45,7 @@ pub struct AgentStats {
     pub connect_failures: Counter,
 }
 
-/// What every shard of the Agent shares.
+/// State shared by every shard of the Agent.
 pub struct AgentShared {
     pub config: AgentConfig,
     pub config_file: std::path::PathBuf,
@@ -164,7 +164,7 @@ fn resolve(endpoint: &Endpoint) -> std::io::Result<Vec<SocketAddr>> {
         .collect())
 }
 
-/// Dials the first address of `endpoint` that answers within `limit`.
+/// Dials the addresses of `endpoint` in turn and returns the first connection made within `limit`.
 async fn dial<R: Runtime>(
     runtime: &R,
     endpoint: &Endpoint,
@@ -234,7 +234,7 @@ async fn connect_and_serve<R: Runtime>(
         let pool = Rc::clone(pool);
         move |id: u32, service: String| open_target(&runtime, &agent, &session, &pool, id, service)
     };
-    // Each side pings on its own schedule and answers the other's pings, so the Agent's
+    // Each side pings on its own schedule and replies to the other's pings, so the Agent's
     // own settings decide how fast it notices a dead Server.
     let heartbeat = (config.heartbeat.interval, config.heartbeat.timeout);
     let result = session::drive(

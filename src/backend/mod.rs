@@ -50,8 +50,8 @@ pub trait Runtime: Clone + 'static {
     /// Releases a connection so that another shard can adopt it.
     fn release(&self, stream: Self::Tcp) -> io::Result<std::net::TcpStream>;
 
-    /// Closes a connection with a TCP reset instead of a FIN, so that the peer sees that
-    /// the transfer broke off rather than finished.
+    /// Closes a connection with a TCP reset instead of a FIN, so that the peer can tell
+    /// that the transfer broke off rather than finished.
     fn abort(&self, stream: Self::Tcp);
 }
 
@@ -104,7 +104,7 @@ pub async fn timeout<R: Runtime, T>(
     .await
 }
 
-/// The backend a config or the command line asks for.
+/// The backend requested in a config or on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendChoice {
     /// io_uring where the host allows it, tokio otherwise.

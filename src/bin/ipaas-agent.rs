@@ -171,7 +171,7 @@ fn run(cli: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What each Agent shard starts from.
+/// Inputs of each Agent shard.
 struct AgentMain {
     shared: Arc<AgentShared>,
     shutdown: flume::Receiver<()>,

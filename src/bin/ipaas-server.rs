@@ -88,7 +88,7 @@ enum Command {
     },
 }
 
-/// How the admin commands reach the admin API.
+/// Connection settings of the admin commands.
 #[derive(clap::Args)]
 struct AdminArgs {
     /// Server config holding the admin address and token.
@@ -391,7 +391,7 @@ fn run(
     Ok(())
 }
 
-/// What each Server shard starts from.
+/// Inputs of each Server shard.
 struct ServerMain {
     shared: Arc<ServerShared>,
     /// Handoff receivers, taken by their shard at start.

@@ -27,7 +27,7 @@ pub use server::ServerConfig;
 pub struct Problem {
     /// Dotted path of the key, for example `gateways[0].allow[1]`; empty for file-level errors.
     pub key: String,
-    /// What is wrong and how to fix it.
+    /// Description of the problem and its fix.
     pub message: String,
 }
 

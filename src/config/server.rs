@@ -1,7 +1,7 @@
 //! The Server's config (`configs/server.yaml`): listen addresses, TLS files, limits and the
 //! gateways with their keys, Agent allowlists and services.
 //!
-//! Relative paths resolve against the folder that holds the config file.
+//! Relative paths resolve against the folder that contains the config file.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -173,7 +173,7 @@ pub struct AdminConfig {
     pub token: Secret,
 }
 
-/// What goes into Agent packages.
+/// Settings for building Agent packages.
 #[derive(Debug, Clone)]
 pub struct PackageSettings {
     /// `host:port` the Agents dial; defaults to `listen`.
@@ -203,7 +203,7 @@ impl Secret {
         difference == 0
     }
 
-    /// The secret itself, for sending it; never log the result.
+    /// Returns the secret itself, for sending it. Never log the result.
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -21,7 +21,7 @@ use crate::protocol::mux::MuxError;
 
 pub use session::{Session, SessionEnd};
 
-/// Why a session failed.
+/// Errors that end a session.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {

@@ -21,14 +21,14 @@ use crate::protocol::timing::{Heartbeat, HeartbeatAction};
 /// Plaintext read from rustls per step of the driver.
 const PLAINTEXT_CHUNK: usize = 64 * 1024;
 
-/// How a session ended without an error.
+/// Reason a session ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
     /// Go-away was sent, every stream finished, and the session closed.
     Drained,
     /// The peer closed the TLS session.
     PeerClosed,
-    /// The peer stopped answering within the heartbeat timeout.
+    /// Nothing arrived from the peer within the heartbeat timeout.
     HeartbeatTimeout,
     /// This side closed it, for example after the drain deadline.
     Closed,
@@ -165,7 +165,7 @@ impl Session {
         }
     }
 
-    /// Resets stream `id` and forgets its wakers.
+    /// Resets stream `id` and drops its wakers.
     pub(crate) fn reset(&self, id: u32, reason: ResetReason) {
         let mut inner = self.inner.borrow_mut();
         inner.mux.reset(id, reason);
@@ -253,7 +253,7 @@ impl<R: Runtime> Timer<R> {
 
 /// Runs a session until it ends.
 ///
-/// `pending` holds plaintext that arrived with the last handshake message. `on_open` is
+/// `pending` contains plaintext that arrived with the last handshake message. `on_open` is
 /// called for every stream the peer opens.
 pub async fn drive<R, T>(
     runtime: R,

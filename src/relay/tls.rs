@@ -59,7 +59,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsIo<T> {
         }
     }
 
-    /// The rustls connection, for exporters and peer details.
+    /// Returns the rustls connection, for exporters and peer details.
     pub fn tls(&self) -> &rustls::Connection {
         &self.tls
     }

@@ -10,7 +10,7 @@ use super::admin::{GatewayView, KeyUpload};
 use crate::config::ServerConfig;
 use crate::registry::{GatewayRecord, ServiceRecord};
 
-/// Where the admin API is and how to authenticate.
+/// Address of the admin API and the token to send.
 pub struct Connection {
     base: String,
     token: String,
@@ -96,7 +96,7 @@ impl Connection {
         Ok((status, bytes))
     }
 
-    /// Sends a request and returns the JSON answer, or fails with the API's error message.
+    /// Sends a request and returns the JSON response, or fails with the API's error message.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let (status, bytes) = self.request(method, path, body)?;
         let value: Value = if bytes.is_empty() {

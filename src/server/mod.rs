@@ -3,7 +3,7 @@
 //! connections to a session of the service's gateway.
 //!
 //! Gateways come from the registry. After every change [`ServerShared::reload`] publishes
-//! a new [`Snapshot`] and tells each shard to reconcile: bind listeners of new services,
+//! a new [`Snapshot`] and asks each shard to reconcile: bind listeners of new services,
 //! close those of removed ones, and close sessions whose Agent no longer passes the
 //! allowlist or key check. An entry connection accepted on a shard that has no session of
 //! its gateway is handed, as a socket, to a shard that has one.
@@ -63,7 +63,7 @@ pub struct LiveCounts {
     next_shard: AtomicUsize,
 }
 
-/// A gateway as the data plane sees it.
+/// A gateway in the form the data plane uses.
 pub struct GatewayState {
     pub config: Gateway,
     pub record: GatewayRecord,
@@ -94,7 +94,7 @@ pub struct Handoff {
     service: String,
 }
 
-/// What every shard of the Server shares.
+/// State shared by every shard of the Server.
 pub struct ServerShared {
     pub config: ServerConfig,
     pub tls: Arc<rustls::ServerConfig>,
@@ -135,7 +135,7 @@ impl ServerShared {
         Ok((shared, receivers))
     }
 
-    /// The gateways in force.
+    /// Returns the gateways in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(
             &self
@@ -145,7 +145,7 @@ impl ServerShared {
         )
     }
 
-    /// Rebuilds the snapshot from the registry and tells every shard to reconcile.
+    /// Rebuilds the snapshot from the registry and sends every shard a Reconfigure message.
     pub fn reload(&self) -> Result<(), RegistryError> {
         let mut gateways = HashMap::new();
         let mut live = self

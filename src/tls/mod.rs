@@ -27,7 +27,7 @@ pub struct TlsFiles {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// A PEM file is missing, unreadable or holds no usable item.
+    /// A PEM file is missing, unreadable or contains no usable item.
     #[error("cannot load {what} from {path}: {detail}")]
     Pem {
         what: &'static str,

@@ -75,7 +75,7 @@ pub fn signal(pid: u32, name: &str) {
         .status();
 }
 
-/// A free TCP port on 127.0.0.1 (the listener is closed before the port is used).
+/// Returns a free TCP port on 127.0.0.1; the probing listener is closed before the port is used.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
