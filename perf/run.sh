@@ -11,7 +11,7 @@
 # Settings (environment variables, defaults in brackets):
 #   PERF_SHARDS             shards of the Server and of the Agent [2]
 #   PERF_DURATION           seconds per iperf3 measurement, 1 to 60 [5]
-#   PERF_ROUNDS             rounds of all measurements, 1 to 10; the report shows medians [3]
+#   PERF_ROUNDS             rounds of all measurements, 1 to 10, reported as medians [3]
 #   PERF_BASE_PORT          first of 8 consecutive 127.0.0.1 ports [25100]
 #   PERF_REDIS_CLIENTS      redis-benchmark clients (-c), 1 to 1000 [50]
 #   PERF_REDIS_REQUESTS_KA  GET requests with keep-alive (-k 1) [100000]
@@ -19,8 +19,8 @@
 #   PERF_RATHOLE            "auto" measures rathole when it is on PATH, "off" skips it [auto]
 #
 # Every process it starts is recorded in perf/out/pids/ and stopped by that pid on exit.
-# A run that was killed with SIGKILL leaves its processes running; their ports are then
-# reported as busy by the next run.
+# A run that was killed with SIGKILL leaves its processes running, and the next run then
+# reports their ports as busy.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -227,7 +227,7 @@ measure_iperf() {
         timeout "$IPERF_LIMIT" iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J \
         --connect-timeout 5000 "$@"
 
-    # The server exits after one test; it is stopped by pid if the test broke off.
+    # The server exits after one test. It is stopped by pid if the test broke off.
     local pid
     pid=$(pid_of iperf3-server)
     for _ in $(seq 1 50); do

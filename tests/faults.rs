@@ -546,8 +546,10 @@ fn no_leaks_after_streams_and_reconnects(backends: Backends) {
         rss_after.1 < rss_before.1 + 16 * 1024,
         "Agent RSS {rss_before:?} -> {rss_after:?}"
     );
-    assert_eq!(close_wait(server), 0);
-    assert_eq!(close_wait(agent), 0);
+    // Streams still closing show CLOSE_WAIT for a moment; a leaked one stays.
+    wait_for("no socket in CLOSE_WAIT", LIMIT, || {
+        close_wait(server) == 0 && close_wait(agent) == 0
+    });
 }
 
 fn server_restart_brings_agents_back(backends: Backends) {
