@@ -7,6 +7,9 @@ Reads OUT_DIR/runs.tsv (one line per round, measurement and path), the iperf3 JS
 redis-benchmark CSV files it names, memory.tsv, processes.tsv and machine.txt. Figures are
 medians over the rounds. Ratios are computed within each round, because the paths of one
 round ran back to back, and the median of those per-round ratios is reported.
+
+The paths are "direct", "gateway-io_uring" and "gateway-tokio" (the gateway's Server and
+Agent on that runtime backend) and "rathole".
 """
 
 import csv
@@ -16,17 +19,20 @@ import statistics
 import sys
 from pathlib import Path
 
-PATHS = ("direct", "gateway", "rathole")
+GATEWAY_PREFIX = "gateway-"
+IO_URING = "gateway-io_uring"
+TOKIO = "gateway-tokio"
 
-# Targets: (label, measurement, metric, numerator path, denominator path, minimum ratio).
+# Targets: (label, measurement, metric, denominator path, minimum ratio). Each gateway
+# path is the numerator.
 TARGETS = (
-    ("iperf3 1 stream: gateway >= 2x rathole", "iperf-1", "receiver_gbps", "gateway", "rathole", 2.0),
-    ("iperf3 8 streams: gateway >= 2x rathole", "iperf-8", "receiver_gbps", "gateway", "rathole", 2.0),
-    ("GET keep-alive: gateway >= 85% of direct", "redis-keepalive", "rps", "gateway", "direct", 0.85),
-    ("GET new connection: gateway >= 10x rathole", "redis-newconn", "rps", "gateway", "rathole", 10.0),
+    ("iperf3 1 stream: gateway >= 2x rathole", "iperf-1", "receiver_gbps", "rathole", 2.0),
+    ("iperf3 8 streams: gateway >= 2x rathole", "iperf-8", "receiver_gbps", "rathole", 2.0),
+    ("GET keep-alive: gateway >= 85% of direct", "redis-keepalive", "rps", "direct", 0.85),
+    ("GET new connection: gateway >= 10x rathole", "redis-newconn", "rps", "rathole", 10.0),
 )
 
-# Rows of the main table: (measurement, metric, label).
+# Rows of the main tables: (measurement, metric, label).
 ROWS = (
     ("iperf-1", "sender_gbps", "iperf3 -P 1, sender (Gbit/s)"),
     ("iperf-1", "receiver_gbps", "iperf3 -P 1, receiver (Gbit/s)"),
@@ -55,6 +61,20 @@ MAIN_METRIC = {
 def read_tsv(path):
     with open(path, newline="") as file:
         return list(csv.DictReader(file, delimiter="\t"))
+
+
+def is_gateway(path):
+    return path.startswith(GATEWAY_PREFIX)
+
+
+def column_label(path):
+    """Return the table heading of a path: "gateway io_uring" for "gateway-io_uring"."""
+    return path.replace("-", " ", 1) if is_gateway(path) else path
+
+
+def short_label(path):
+    """Return the name of a path in ratio headings: the backend for a gateway path."""
+    return path[len(GATEWAY_PREFIX):] if is_gateway(path) else path
 
 
 def parse_iperf(path):
@@ -122,12 +142,31 @@ def summarize(numbers, errors, rounds, digits):
     return text
 
 
+def ratio_text(ratios, rounds):
+    if not ratios:
+        return "-"
+    return summarize(ratios, [], rounds, lambda n: f"{n:.2f}")
+
+
 class Figures:
     """Parsed figures of every round, with per-round ratios."""
 
     def __init__(self, runs):
         self.results = load_results(runs)
         self.rounds = sorted({run["round"] for run in runs}, key=int)
+        measured = list(dict.fromkeys(run["path"] for run in runs))
+        self.gateways = [path for path in measured if is_gateway(path)]
+        # rathole keeps its column when it was not measured, to show why.
+        self.paths = ["direct", *self.gateways, "rathole"]
+
+    def ratio_pairs(self):
+        """Return the (numerator, denominator) paths of the ratio columns: each gateway
+        against direct, each gateway against rathole, then tokio against io_uring."""
+        pairs = [(gateway, "direct") for gateway in self.gateways]
+        pairs += [(gateway, "rathole") for gateway in self.gateways]
+        if IO_URING in self.gateways and TOKIO in self.gateways:
+            pairs.append((TOKIO, IO_URING))
+        return pairs
 
     def values(self, measurement, metric, path):
         """Return the numbers of all rounds that succeeded, and the errors of the others."""
@@ -156,22 +195,31 @@ class Figures:
 
     def ratio_cell(self, measurement, metric, numerator, denominator):
         ratios = self.ratios(measurement, metric, numerator, denominator)
-        if not ratios:
-            return "-"
-        return summarize(ratios, [], len(self.rounds), lambda n: f"{n:.2f}")
+        return ratio_text(ratios, len(self.rounds))
 
 
 def relay_cost(run, value):
     """Return relay CPU per GB received (iperf3) or per request (redis), or None."""
+    return per_unit(run, value, float(run["relay_cpu_s"]), 1e9, 1e6)
+
+
+def relay_switches(run, value):
+    """Return relay context switches per MB received (iperf3) or per request (redis)."""
+    switches = int(run["relay_voluntary_switches"]) + int(run["relay_involuntary_switches"])
+    return per_unit(run, value, switches, 1e6, 1)
+
+
+def per_unit(run, value, amount, bytes_per_unit, request_scale):
+    """Divide `amount` by the units of data the run moved (`bytes_per_unit` bytes each) or
+    by its requests, then multiply by `request_scale`. None for direct and failed runs."""
     if run["path"] == "direct" or not isinstance(value, dict):
         return None
-    cpu = float(run["relay_cpu_s"])
     if "bytes" in value:
-        return cpu / (value["bytes"] / 1e9)
+        return amount / (value["bytes"] / bytes_per_unit)
     requests = re.search(r" -n ([0-9]+)", run["command"])
     if requests is None:
         return None
-    return cpu / int(requests.group(1)) * 1e6
+    return amount / int(requests.group(1)) * request_scale
 
 
 def median_text(numbers, digits=2):
@@ -188,61 +236,93 @@ def shorten(command, out):
 
 def machine_lines(machine):
     rathole = machine.get("rathole") or "not measured: " + machine.get("rathole_reason", "")
-    return [
+    lines = [
         "## Machine",
         "",
         f"- CPU: {machine.get('cpu_model', '?')}, {machine.get('nproc', '?')} cores (nproc)",
         f"- Memory: {machine.get('memory', '?')}",
         f"- Kernel: {machine.get('kernel', '?')}",
         f"- Load average at the end: {machine.get('loadavg_end', '?')}",
+        f"- Gateway built from: {machine.get('source', '?')}",
         f"- {machine.get('rustc', '?')}; {machine.get('iperf3', '?')}; {machine.get('redis', '?')}",
         f"- rathole: {rathole}",
-        f"- Gateway shards: {machine.get('shards', '?')} (Server and Agent each). Agent sessions"
-        f" per Server shard: {machine.get('session_shards', '?')}",
-        f"- Gateway threads pinned to a CPU: {machine.get('pinning') or 'none'}",
+        f"- Gateway shards: {machine.get('shards', '?')} (Server and Agent each)",
+    ]
+    for backend in machine.get("backends", "").split():
+        lines.append(
+            f"- {backend} gateway: Agent sessions per Server shard:"
+            f" {machine.get('session_shards_' + backend) or '?'}; threads pinned to a CPU:"
+            f" {machine.get('pinning_' + backend) or 'none'}"
+        )
+    lines += [
         f"- Rounds: {machine.get('rounds', '?')}; iperf3 seconds per measurement:"
         f" {machine.get('duration', '?')}; redis-benchmark clients: {machine.get('redis_clients', '?')}",
         "",
     ]
+    return lines
 
 
 def figure_lines(figures):
+    rounds = len(figures.rounds)
+    pairs = figures.ratio_pairs()
     lines = [
         "## Figures",
         "",
         "Each cell is the median over the rounds, with the lowest and highest round in",
-        "brackets. Ratios are taken within each round and then the median is shown. For",
-        "latency a ratio above 1 means the gateway is slower.",
+        "brackets. \"gateway io_uring\" and \"gateway tokio\" are the same Server and Agent on",
+        "the two runtime backends.",
         "",
-        "| measurement | direct | gateway | rathole | gateway/direct | gateway/rathole |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| measurement | " + " | ".join(column_label(path) for path in figures.paths) + " |",
+        "|---|" + "---:|" * len(figures.paths),
     ]
     for measurement, metric, label in ROWS:
-        cells = [figures.cell(measurement, metric, path) for path in PATHS]
-        cells.append(figures.ratio_cell(measurement, metric, "gateway", "direct"))
-        cells.append(figures.ratio_cell(measurement, metric, "gateway", "rathole"))
+        cells = [figures.cell(measurement, metric, path) for path in figures.paths]
         lines.append(f"| {label} | {' | '.join(cells)} |")
 
-    lines += ["", "## Targets", "", "| target | ratio (median of rounds) | met |", "|---|---:|---|"]
-    for label, measurement, metric, numerator, denominator, minimum in TARGETS:
-        ratios = figures.ratios(measurement, metric, numerator, denominator)
-        if not ratios:
-            text, met = "-", "not measured"
-        else:
-            value = statistics.median(ratios)
-            text = figures.ratio_cell(measurement, metric, numerator, denominator)
-            met = "yes" if value >= minimum else "no"
-        lines.append(f"| {label} | {text} | {met} |")
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        "Ratios are taken within each round and then the median is shown, with the lowest",
+        "and highest round in brackets. io_uring and tokio stand for the gateway on that",
+        "backend. For latency a ratio above 1 means the numerator is slower.",
+        "",
+        "| measurement | "
+        + " | ".join(f"{short_label(top)}/{short_label(bottom)}" for top, bottom in pairs)
+        + " |",
+        "|---|" + "---:|" * len(pairs),
+    ]
+    for measurement, metric, label in ROWS:
+        cells = [figures.ratio_cell(measurement, metric, top, bottom) for top, bottom in pairs]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | " + " | ".join(f"{column_label(g)} | met" for g in figures.gateways) + " |",
+        "|---|" + "---:|---|" * len(figures.gateways),
+    ]
+    for label, measurement, metric, denominator, minimum in TARGETS:
+        cells = []
+        for gateway in figures.gateways:
+            ratios = figures.ratios(measurement, metric, gateway, denominator)
+            if not ratios:
+                cells += ["-", "not measured"]
+                continue
+            met = "yes" if statistics.median(ratios) >= minimum else "no"
+            cells += [ratio_text(ratios, rounds), met]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
 
     lines += [
         "",
         "## Per round",
         "",
         "| measurement | path | " + " | ".join(f"round {r}" for r in figures.rounds) + " |",
-        "|---|---|" + "---:|" * len(figures.rounds),
+        "|---|---|" + "---:|" * rounds,
     ]
     for measurement, (metric, unit) in MAIN_METRIC.items():
-        for path in PATHS:
+        for path in figures.paths:
             cells = []
             for round_ in figures.rounds:
                 value = figures.results.get((round_, measurement, path))
@@ -250,23 +330,28 @@ def figure_lines(figures):
                     cells.append(format_number(metric, value[metric]))
                 else:
                     cells.append(value or "not measured")
-            lines.append(f"| {measurement} ({unit}) | {path} | {' | '.join(cells)} |")
+            lines.append(f"| {measurement} ({unit}) | {column_label(path)} | {' | '.join(cells)} |")
     lines.append("")
     return lines
 
 
 def cpu_lines(runs, figures):
     lines = [
-        "## CPU during each measurement",
+        "## CPU and scheduling during each measurement",
         "",
         "Medians over the rounds. Relay CPU is the user and system time of the relay processes",
         "(Server and Agent, or rathole's server and client) during the measurement, from",
-        "/proc/PID/stat. Relay cost is relay CPU per GB received or per request. Machine busy is",
-        "the share of all cores not idle, from /proc/stat, so it includes other work on the",
-        "machine. iperf3 CPU is what iperf3 reports for its client and server.",
+        "/proc/PID/stat. Relay cost is relay CPU per GB received or per request. Run-queue wait",
+        "is the time the relay threads were runnable but waited for a CPU, summed over the",
+        "threads (/proc/PID/task/TID/schedstat). Context switches are voluntary plus",
+        "involuntary ones of the relay threads (/proc/PID/task/TID/status), per MB received",
+        "or per request. Machine busy is the share of all cores not idle, from /proc/stat, so",
+        "it includes other work on the machine. iperf3 CPU is what iperf3 reports for its",
+        "client and server.",
         "",
-        "| measurement | path | wall (s) | relay CPU (s) | relay cost | machine busy (%) | iperf3 client / server CPU (%) |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| measurement | path | wall (s) | relay CPU (s) | relay cost | run-queue wait (s)"
+        " | context switches | machine busy (%) | iperf3 client / server CPU (%) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     groups = {}
     for run in runs:
@@ -274,12 +359,15 @@ def cpu_lines(runs, figures):
     for (measurement, path), group in groups.items():
         values = [figures.results.get((run["round"], measurement, path)) for run in group]
         parsed = [value for value in values if isinstance(value, dict)]
-        costs = [relay_cost(run, value) for run, value in zip(group, values)]
-        unit = " s/GB" if measurement.startswith("iperf") else " us/request"
-        cost = median_text(costs, 2 if unit == " s/GB" else 1)
-        relay_cpu = "-"
+        throughput = measurement.startswith("iperf")
+        cost = median_text([relay_cost(run, value) for run, value in zip(group, values)],
+                           2 if throughput else 1)
+        switches = median_text([relay_switches(run, value) for run, value in zip(group, values)],
+                               1 if throughput else 2)
+        relay_cpu = wait = "-"
         if path != "direct":
             relay_cpu = median_text([float(run["relay_cpu_s"]) for run in group])
+            wait = median_text([float(run["relay_runqueue_wait_s"]) for run in group])
         iperf_cpu = "-"
         if parsed and parsed[0].get("client_cpu_pct") is not None:
             client = median_text([value["client_cpu_pct"] for value in parsed], 0)
@@ -287,34 +375,108 @@ def cpu_lines(runs, figures):
             iperf_cpu = f"{client} / {server}"
         wall = median_text([float(run["wall_s"]) for run in group])
         busy = median_text([float(run["machine_busy_pct"]) for run in group], 0)
-        cost_text = "-" if cost == "-" else cost + unit
+        cost_text = "-" if cost == "-" else cost + (" s/GB" if throughput else " us/request")
+        switches_text = "-" if switches == "-" else switches + (" /MB" if throughput else " /request")
         lines.append(
-            f"| {measurement} | {path} | {wall} | {relay_cpu} | {cost_text} | {busy} | {iperf_cpu} |"
+            f"| {measurement} | {column_label(path)} | {wall} | {relay_cpu} | {cost_text} | {wait}"
+            f" | {switches_text} | {busy} | {iperf_cpu} |"
         )
+    lines.append("")
+    lines += backend_cpu_lines(runs, figures)
+    return lines
+
+
+def backend_cpu_lines(runs, figures):
+    """Per-round ratios tokio/io_uring of relay cost, context switches and run-queue wait."""
+    if not (IO_URING in figures.gateways and TOKIO in figures.gateways):
+        return []
+    by_key = {(run["round"], run["measurement"], run["path"]): run for run in runs}
+
+    def ratios(measurement, figure):
+        numbers = []
+        for round_ in figures.rounds:
+            pair = []
+            for path in (TOKIO, IO_URING):
+                run = by_key.get((round_, measurement, path))
+                value = figures.results.get((round_, measurement, path))
+                pair.append(figure(run, value) if run else None)
+            if None not in pair and pair[1]:
+                numbers.append(pair[0] / pair[1])
+        return ratio_text(numbers, len(figures.rounds))
+
+    def wait(run, value):
+        return float(run["relay_runqueue_wait_s"]) if isinstance(value, dict) else None
+
+    lines = [
+        "Relay figures of the tokio gateway divided by those of the io_uring gateway, within",
+        "each round (median, lowest and highest round):",
+        "",
+        "| measurement | relay cost tokio/io_uring | context switches tokio/io_uring"
+        " | run-queue wait tokio/io_uring |",
+        "|---|---:|---:|---:|",
+    ]
+    for measurement in MAIN_METRIC:
+        cells = [ratios(measurement, figure) for figure in (relay_cost, relay_switches, wait)]
+        lines.append(f"| {measurement} | {' | '.join(cells)} |")
     lines.append("")
     return lines
 
 
-def memory_lines(memory):
+def memory_lines(memory, figures):
+    by_process = {}
+    for row in memory:
+        by_process.setdefault(row["process"], {})[row["phase"]] = row
+
+    def kib(process, phase, field):
+        value = by_process.get(process, {}).get(phase, {}).get(field)
+        return int(value) if value else None
+
+    # Columns: each gateway, then rathole. Rows: (label, Server-side process of each
+    # column, Agent-side process of each column).
+    columns = [*figures.gateways, "rathole"]
+    server_side = {path: "ipaas-server-" + short_label(path) for path in figures.gateways}
+    agent_side = {path: "ipaas-agent-" + short_label(path) for path in figures.gateways}
+    server_side["rathole"], agent_side["rathole"] = "rathole-server", "rathole-client"
+    phases = (("idle", "vm_rss_kib", "idle RSS"), ("end", "vm_hwm_kib", "peak RSS"),
+              ("end", "vm_rss_kib", "final RSS"))
+    rows = []
+    for side, processes in (("Server", server_side), ("Agent", agent_side)):
+        for phase, field, name in phases:
+            rows.append((f"{side}, {name}", {c: kib(processes[c], phase, field) for c in columns}))
+    for phase, field, name in phases:
+        total = {}
+        for column in columns:
+            parts = (kib(server_side[column], phase, field), kib(agent_side[column], phase, field))
+            total[column] = None if None in parts else sum(parts)
+        rows.append((f"Server + Agent, {name}", total))
+
+    pairs = [(gateway, "rathole") for gateway in figures.gateways]
+    if IO_URING in figures.gateways and TOKIO in figures.gateways:
+        pairs.append((TOKIO, IO_URING))
     lines = [
         "## Memory",
         "",
         "From /proc/PID/status: VmRSS after start-up (idle), VmHWM (peak) and VmRSS after the",
-        "last measurement (final).",
+        "last measurement (final), in MiB. In the rathole column the Server rows are rathole's",
+        "server and the Agent rows its client. Memory is read once per run, so a ratio here is",
+        "a single value.",
         "",
-        "| process | idle RSS (MiB) | peak RSS (MiB) | final RSS (MiB) |",
-        "|---|---:|---:|---:|",
+        "| figure | " + " | ".join(column_label(c) for c in columns) + " | "
+        + " | ".join(f"{short_label(top)}/{short_label(bottom)}" for top, bottom in pairs) + " |",
+        "|---|" + "---:|" * (len(columns) + len(pairs)),
     ]
-    by_process = {}
-    for row in memory:
-        by_process.setdefault(row["process"], {})[row["phase"]] = row
-    for process, phases in by_process.items():
-        idle = phases.get("idle", {}).get("vm_rss_kib")
-        peak = phases.get("end", {}).get("vm_hwm_kib")
-        final = phases.get("end", {}).get("vm_rss_kib")
-        cells = [f"{int(kib) / 1024:.1f}" if kib else "-" for kib in (idle, peak, final)]
-        lines.append(f"| {process} | {' | '.join(cells)} |")
-    lines.append("")
+    for label, values in rows:
+        cells = [f"{values[c] / 1024:.1f}" if values[c] else "-" for c in columns]
+        for top, bottom in pairs:
+            ok = values[top] and values[bottom]
+            cells.append(f"{values[top] / values[bottom]:.2f}" if ok else "-")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+
+    threads = []
+    for process, phases_of_process in by_process.items():
+        count = phases_of_process.get("end", phases_of_process.get("idle", {})).get("threads")
+        threads.append(f"{process} {count or '?'}")
+    lines += ["", "Threads at the end: " + ", ".join(threads) + ".", ""]
     return lines
 
 
@@ -342,14 +504,14 @@ def main():
         "# Benchmark results",
         "",
         "Written by `perf/run.sh`. In every round each measurement ran direct, through the",
-        "gateway and through rathole back to back. All processes ran on one machine, so the",
-        "load generator, the relays and the services shared its cores.",
+        "gateway on each backend and through rathole back to back. All processes ran on one",
+        "machine, so the load generator, the relays and the services shared its cores.",
         "",
     ]
     lines += machine_lines(machine)
     lines += figure_lines(figures)
     lines += cpu_lines(runs, figures)
-    lines += memory_lines(memory)
+    lines += memory_lines(memory, figures)
     lines += command_lines(runs, processes, out)
     (out / "results.md").write_text("\n".join(lines))
 

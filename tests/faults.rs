@@ -109,6 +109,14 @@ fn pump(mut from: TcpStream, mut to: TcpStream, born: usize, generation: &Atomic
     }
 }
 
+/// Waits until the Server has logged `count` established Agent sessions, so that no
+/// handshake is still running when a test cuts the link.
+fn wait_for_sessions(env: &Env, count: usize) {
+    wait_for("the Agent sessions", LIMIT, || {
+        count_in_log(&env.server_log(), "Agent session established") >= count
+    });
+}
+
 /// Starts a Server with gateway `gw` and an echo service; returns the env, the entry port
 /// and the private key.
 fn echo_gateway(
@@ -133,6 +141,7 @@ fn silent_link_is_detected_by_both_sides(backends: Backends) {
     env.agent_dial_port = Some(relay.port);
     let root = env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
+    wait_for_sessions(&env, 2);
 
     // An entry client in the middle of a stream when the link goes silent.
     let mut client = TcpStream::connect(("127.0.0.1", entry)).unwrap();
@@ -178,6 +187,7 @@ fn relogin_replaces_the_old_session(backends: Backends) {
     env.agent_dial_port = Some(relay.port);
     env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
+    wait_for_sessions(&env, 2);
 
     relay.cut();
     let log = wait_for_log(
@@ -518,6 +528,7 @@ fn no_leaks_after_streams_and_reconnects(backends: Backends) {
     env.agent_dial_port = Some(relay.port);
     env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
     wait_until_routed(entry, LIMIT);
+    wait_for_sessions(&env, 2);
     short_streams(entry, 200);
     std::thread::sleep(Duration::from_millis(500));
 

@@ -2,8 +2,8 @@
 //! `LoggerConfig::load`) on one YAML text.
 //!
 //! Input: the file's bytes. The loaders read files, so each input is written to
-//! `configs/config.yaml` in a temporary package folder, and every loader reads that file.
-//! Paths in the input resolve against that folder.
+//! `configs/config.yaml` in a new temporary package folder, and every loader reads that
+//! file. Relative paths in the input resolve against that folder.
 //!
 //! NOTE: the Server loader reads every `public_keys` path and `admin.token_file` that the
 //! input names, absolute ones included, with no size limit. An input that names a device
@@ -12,44 +12,23 @@
 
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use ipaas_gateway::config::{AgentConfig, ConfigError, LoggerConfig, ServerConfig};
 use libfuzzer_sys::fuzz_target;
-use tempfile::TempDir;
-
-/// Temporary package folder, created once per fuzzer process and removed when it exits
-/// normally.
-struct Package {
-    root: TempDir,
-    file: PathBuf,
-}
-
-fn package() -> &'static Package {
-    static PACKAGE: OnceLock<Package> = OnceLock::new();
-    PACKAGE.get_or_init(|| {
-        let root = tempfile::tempdir().expect("create a temporary folder");
-        let configs = root.path().join("configs");
-        std::fs::create_dir(&configs).expect("create configs/");
-        Package {
-            file: configs.join("config.yaml"),
-            root,
-        }
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
-    let package = package();
-    std::fs::write(&package.file, data).expect("write the config file");
+    let root = tempfile::tempdir().expect("create a temporary folder");
+    let configs = root.path().join("configs");
+    std::fs::create_dir(&configs).expect("create configs/");
+    let file = configs.join("config.yaml");
+    std::fs::write(&file, data).expect("write the config file");
 
-    if let Err(error) = AgentConfig::load(&package.file) {
+    if let Err(error) = AgentConfig::load(&file) {
         check_error(&error);
     }
-    if let Err(error) = ServerConfig::load(&package.file) {
+    if let Err(error) = ServerConfig::load(&file) {
         check_error(&error);
     }
-    if let Err(error) = LoggerConfig::load(&package.file, package.root.path()) {
+    if let Err(error) = LoggerConfig::load(&file, root.path()) {
         check_error(&error);
     }
 });

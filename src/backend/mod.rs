@@ -222,11 +222,13 @@ pub fn install_shutdown_handler() -> anyhow::Result<flume::Receiver<()>> {
         let mut sender = sender
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if sender.take().is_none() {
+        if sender.is_none() {
             eprintln!("second signal received; exiting without draining");
             std::process::exit(130);
         }
         tracing::info!("shutdown requested; draining sessions");
+        // Dropping the sender wakes every shard.
+        sender.take();
     })
     .map_err(|error| anyhow::anyhow!("cannot install the signal handler: {error}"))?;
     Ok(receiver)

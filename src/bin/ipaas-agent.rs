@@ -18,6 +18,7 @@ use ipaas_gateway::{telemetry, tls};
 
 #[derive(Parser)]
 #[command(
+    name = "ipaas-agent",
     version,
     about = "Private-network side of the security gateway: dials the Server and relays its streams to private services",
     long_about = "Private-network side of the security gateway: dials the Server and relays its streams to private services.\n\n\

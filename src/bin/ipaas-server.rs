@@ -18,6 +18,7 @@ use ipaas_gateway::{telemetry, tls};
 
 #[derive(Parser)]
 #[command(
+    name = "ipaas-server",
     version,
     about = "Cloud side of the security gateway: accepts Agents and exposes their private services"
 )]
@@ -330,6 +331,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pki(PkiCommand::IssueAgent { dir, gateway, out }) => {
+            ipaas_gateway::protocol::handshake::validate_name("gateway id", &gateway)?;
             tls::pki::issue_agent(&dir, &gateway, &out)?;
             println!(
                 "issued an Agent certificate for gateway `{gateway}` in {}",
@@ -386,8 +388,18 @@ fn run(
         handoffs: std::sync::Mutex::new(handoffs.into_iter().map(Some).collect()),
         shutdown,
     });
-    backend::launch(backend, shards, "ipaas-server", main)?;
-    tracing::info!("Server stopped");
+    backend::launch(backend, shards, "ipaas-server", Arc::clone(&main))?;
+    let stats = &main.shared.stats;
+    tracing::info!(
+        sessions = stats.sessions.get(),
+        streams = stats.streams.get(),
+        rejections = stats.rejections.get(),
+        handshake_failures = stats.handshake_failures.get(),
+        rate_limited = stats.rate_limited.get(),
+        handoffs = stats.handoffs.get(),
+        no_agent = stats.no_agent.get(),
+        "Server stopped"
+    );
     Ok(())
 }
 

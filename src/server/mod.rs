@@ -507,13 +507,22 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
     let accepted = match outcome {
         Some(Ok(accepted)) => accepted,
         Some(Err(error)) => {
-            shared.stats.handshake_failures.increment();
-            tracing::debug!(%error, "handshake failed");
+            // Scanners and junk fail here all the time: warn at powers of two only.
+            let total = shared.stats.handshake_failures.increment();
+            if total.is_power_of_two() {
+                tracing::warn!(%error, failed_total = total, "handshake failed");
+            } else {
+                tracing::debug!(%error, failed_total = total, "handshake failed");
+            }
             return;
         }
         None => {
-            shared.stats.handshake_failures.increment();
-            tracing::debug!("handshake timed out");
+            let total = shared.stats.handshake_failures.increment();
+            if total.is_power_of_two() {
+                tracing::warn!(failed_total = total, "handshake timed out");
+            } else {
+                tracing::debug!(failed_total = total, "handshake timed out");
+            }
             return;
         }
     };
@@ -524,9 +533,7 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
         "session",
         session.id = session_id,
         gateway.id = %gateway_id,
-        agent.name = %accepted.agent_name,
-        peer.addr = %peer,
-        shard = shard.runtime.shard()
+        agent.name = %accepted.agent_name
     );
     let session = Session::new(session_id, Mux::new(Role::Server, MuxConfig::default()));
     shard

@@ -347,6 +347,16 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// Keeps the folder of a failed test, with its configs and logs, and prints its path.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("test files kept in {}", kept.display());
+        }
+    }
+}
+
 /// Reads a log file, or an empty string if it does not exist yet.
 pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
