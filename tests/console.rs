@@ -60,9 +60,15 @@ impl Console {
                 .stdout(Stdio::null())
                 .stderr(console_log),
         ));
-        wait_for("the admin API", LIMIT, || {
-            self.cli(&["gateway", "list"]).status.success()
-        });
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !self.cli(&["gateway", "list"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the admin API did not answer within {LIMIT:?}; Server output:\n{}",
+                read_log(&self.path("server/console.log"))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn restart(&mut self) {
@@ -404,4 +410,101 @@ fn admin_api_rejects_bad_input() {
     assert!(!log.contains(token.trim()));
     assert!(!log.contains("wrong-token-of-some-length"));
     let _ = console.agent_port;
+}
+
+#[test]
+fn acknowledged_changes_survive_a_crash() {
+    let mut console = Console::init();
+    let (_, public) = openssl_keys(&console.path("keys"), 2048);
+    for index in 0..20 {
+        console.cli_ok(&[
+            "gateway",
+            "create",
+            &format!("gw-{index}"),
+            "--key",
+            public.to_str().unwrap(),
+            "--allow",
+            "127.0.0.1",
+        ]);
+    }
+
+    // SIGKILL right after the last acknowledged write: no orderly shutdown, no flush.
+    let mut server = console.server.take().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    console.start();
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&console.cli_ok(&["gateway", "list", "--json"])).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|gateway| gateway["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    for index in 0..20 {
+        assert!(
+            ids.contains(&format!("gw-{index}").as_str()),
+            "gw-{index} lost: {ids:?}"
+        );
+    }
+}
+
+#[test]
+fn removed_key_disconnects_its_agent() {
+    let console = Console::init();
+    let service = TestService::start(echo);
+    let entry = free_port();
+    let (private, public) = openssl_keys(&console.path("keys"), 2048);
+    let (_, spare) = openssl_keys(&console.path("spare"), 2048);
+    let created = console.cli_ok(&[
+        "gateway",
+        "create",
+        "gw",
+        "--key",
+        public.to_str().unwrap(),
+        "--key",
+        spare.to_str().unwrap(),
+        "--allow",
+        "127.0.0.1",
+        "--service",
+        &format!("echo={}@127.0.0.1:{entry}", service.target()),
+        "--json",
+    ]);
+    let gateway: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let fingerprint = gateway["public_keys"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let archive = console.path("agent.tar.gz");
+    console.cli_ok(&["package", "gw", "--out", archive.to_str().unwrap()]);
+    let root = unpack_tar(&archive, &console.path("fresh"));
+    std::fs::copy(&private, root.join("configs/secret/private.pem")).unwrap();
+    let console_log = std::fs::File::create(console.path("agent.console.log")).unwrap();
+    let _agent = Process::spawn(
+        "ipaas-agent",
+        Command::new(root.join("bin/Linux/ipaas-agent"))
+            .arg("--config")
+            .arg(root.join("configs/config.yaml"))
+            .stderr(console_log),
+    );
+    wait_for("traffic through the entry", LIMIT, || echo_once(entry));
+
+    // Rotating the Agent's key out closes its sessions; the spare key stays registered.
+    console.cli_ok(&["key", "remove", "gw", &fingerprint]);
+    wait_for_log(
+        &console.server_log(),
+        "the Agent's key is no longer registered",
+        LIMIT,
+    );
+    wait_for("the entry to stop relaying", LIMIT, || !echo_once(entry));
+    wait_for_log(
+        &root.join("log/agent.log"),
+        "is not registered for gateway `gw`",
+        LIMIT,
+    );
+    let shown = console.cli_ok(&["gateway", "show", "gw"]);
+    assert!(!shown.contains(&fingerprint), "{shown}");
 }

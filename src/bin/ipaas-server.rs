@@ -379,7 +379,7 @@ fn run(
         server::admin::spawn(Arc::clone(&shared), admin)?;
     }
     tracing::info!(
-        listen = %shared.config.listen, shards, gateways = shared.config.gateways.len(),
+        listen = %shared.config.listen, shards, gateways = shared.snapshot().gateways.len(),
         version = env!("CARGO_PKG_VERSION"), %backend, "Server starting on the {backend} backend: {reason}"
     );
 
@@ -547,7 +547,19 @@ fn check_ports_free(config: &ServerConfig) -> anyhow::Result<()> {
         addresses.push(("admin.listen".to_string(), admin.listen));
     }
     for (what, addr) in addresses {
-        backend::check_port_free(addr).with_context(|| {
+        // A Server that was just killed can hold its sockets a little longer: the kernel
+        // tears its io_uring rings down in the background. Retry for a few seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut result = backend::check_port_free(addr);
+        while result
+            .as_ref()
+            .is_err_and(|error| error.kind() == std::io::ErrorKind::AddrInUse)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            result = backend::check_port_free(addr);
+        }
+        result.with_context(|| {
             format!(
                 "cannot listen on {addr} ({what}); stop the process using it or pick another port"
             )
