@@ -535,6 +535,9 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
         gateway.id = %gateway_id,
         agent.name = %accepted.agent_name
     );
+    // TODO: move a new session to the shard with the fewest sessions of its gateway. The
+    // kernel's SO_REUSEPORT hash can put all of an Agent's sessions on one shard, which then
+    // relays every stream while the others only accept and hand off.
     let session = Session::new(session_id, Mux::new(Role::Server, MuxConfig::default()));
     shard
         .sessions
