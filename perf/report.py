@@ -211,7 +211,8 @@ def relay_switches(run, value):
 
 def per_unit(run, value, amount, bytes_per_unit, request_scale):
     """Divide `amount` by the units of data the run moved (`bytes_per_unit` bytes each) or
-    by its requests, then multiply by `request_scale`. None for direct and failed runs."""
+    by its requests, then multiply by `request_scale`. Return None for direct and failed
+    runs."""
     if run["path"] == "direct" or not isinstance(value, dict):
         return None
     if "bytes" in value:
@@ -375,8 +376,9 @@ def cpu_lines(runs, figures):
             iperf_cpu = f"{client} / {server}"
         wall = median_text([float(run["wall_s"]) for run in group])
         busy = median_text([float(run["machine_busy_pct"]) for run in group], 0)
-        cost_text = "-" if cost == "-" else cost + (" s/GB" if throughput else " us/request")
-        switches_text = "-" if switches == "-" else switches + (" /MB" if throughput else " /request")
+        cost_unit, switches_unit = (" s/GB", " /MB") if throughput else (" us/request", " /request")
+        cost_text = cost if cost == "-" else cost + cost_unit
+        switches_text = switches if switches == "-" else switches + switches_unit
         lines.append(
             f"| {measurement} | {column_label(path)} | {wall} | {relay_cpu} | {cost_text} | {wait}"
             f" | {switches_text} | {busy} | {iperf_cpu} |"
@@ -387,7 +389,8 @@ def cpu_lines(runs, figures):
 
 
 def backend_cpu_lines(runs, figures):
-    """Per-round ratios tokio/io_uring of relay cost, context switches and run-queue wait."""
+    """Return the lines of a table with the per-round ratios tokio/io_uring of relay cost,
+    context switches and run-queue wait, or no lines unless both backends were measured."""
     if not (IO_URING in figures.gateways and TOKIO in figures.gateways):
         return []
     by_key = {(run["round"], run["measurement"], run["path"]): run for run in runs}
@@ -431,8 +434,8 @@ def memory_lines(memory, figures):
         value = by_process.get(process, {}).get(phase, {}).get(field)
         return int(value) if value else None
 
-    # Columns: each gateway, then rathole. Rows: (label, Server-side process of each
-    # column, Agent-side process of each column).
+    # Columns: each gateway, then rathole. Each row is a label and the value of each column,
+    # read from the column's Server-side or Agent-side process.
     columns = [*figures.gateways, "rathole"]
     server_side = {path: "ipaas-server-" + short_label(path) for path in figures.gateways}
     agent_side = {path: "ipaas-agent-" + short_label(path) for path in figures.gateways}

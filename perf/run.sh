@@ -105,8 +105,8 @@ record_pid() {
 start_process() {
     local name=$1 log=$2
     shift 2
-    # Closing descriptor 9, the run lock, lets the lock go with this script even when
-    # the process outlives it.
+    # Descriptor 9 holds the run lock. The child closes it, so that the lock is released
+    # when this script ends, even if the child outlives it.
     "$@" >"$log" 2>&1 9<&- &
     record_pid "$name" $!
     printf '%s\t%s\n' "$name" "$(quote_command "$@")" >>"$OUT/processes.tsv"
@@ -378,7 +378,7 @@ pinned_threads() {
 
 # Creates a PKI, an Agent RSA key and the configs of the gateway on backend $1 under
 # $OUT/gateway-$1, starts its Server and Agent with `--backend $1`, checks that both
-# logged that backend, and waits until redis answers through the gateway.
+# logged that backend, and waits until redis replies to PING through the gateway.
 start_gateway() {
     local backend=$1 agent_port iperf_port redis_port dir server_dir agent_dir
     agent_port=$(gateway_port "$backend" agent)
@@ -451,8 +451,8 @@ session_shards() {
         awk '{ printf "%s%s on shard %s", sep, $1, $2; sep = ", " }'
 }
 
-# Prints the commit the binaries were built from, and whether the build inputs had
-# uncommitted changes.
+# Prints the commit checked out, and whether src/, Cargo.toml or Cargo.lock differ from it.
+# Called right after the build, so that it describes what was built.
 source_version() {
     if ! command -v git >/dev/null || ! git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
         echo "unknown (not a git checkout)"
@@ -526,6 +526,7 @@ done
 
 step "Building (cargo build --release)"
 cargo build --release --manifest-path "$REPO/Cargo.toml"
+SOURCE=$(source_version)
 
 rm -rf "$OUT"
 mkdir -p "$RAW" "$PIDS"
@@ -688,7 +689,7 @@ stop_process redis-server
     echo "kernel=$(uname -r)"
     echo "memory=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "source=$(source_version)"
+    echo "source=$SOURCE"
     echo "rustc=$(rustc --version)"
     echo "iperf3=$(iperf3 --version | head -n 1)"
     echo "redis=$(redis-server --version)"
