@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets in fuzz/ and runs each for a bounded time. Exits non-zero
-# when a target finds a crash, a timeout or an out-of-memory input, after printing the
-# input in base64 so that it can be recovered from a CI log.
+# when a target finds a crash, a timeout, a memory leak or an out-of-memory input, after
+# printing the input in base64 so that it can be recovered from a CI log.
 #
 # Usage: fuzz/run.sh [TARGET...]            (default: every target below)
 #   FUZZ_SECONDS     run time of each target in seconds (default 60)
@@ -26,18 +26,18 @@ if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${ALL_TARGETS[@]}"); fi
 
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz/run.sh: cargo-fuzz is not installed; run: cargo install cargo-fuzz --locked" >&2
+    echo "fuzz/run.sh: cargo-fuzz is missing. Install it with: cargo install cargo-fuzz --locked" >&2
     exit 1
 fi
 
-# Several codegen units per crate build faster on few cores than cargo-fuzz's default of
-# one, at a small cost in execution speed.
+# cargo-fuzz's defaults: release build with debug assertions, AddressSanitizer, one
+# codegen unit per crate.
 build_start=$SECONDS
 if [ "$#" -eq 0 ]; then
-    cargo fuzz build --codegen-units 16 --target-dir "$target_dir"
+    cargo fuzz build --target-dir "$target_dir"
 else
     for target in "${targets[@]}"; do
-        cargo fuzz build --codegen-units 16 --target-dir "$target_dir" "$target"
+        cargo fuzz build --target-dir "$target_dir" "$target"
     done
 fi
 echo "fuzz/run.sh: built ${#targets[@]} targets in $((SECONDS - build_start)) s"
@@ -49,7 +49,7 @@ trap 'rm -rf "$log_dir"' EXIT
 # Findings older than this marker come from earlier runs and are not reported.
 touch "$log_dir/start"
 
-# Runs one target; its output goes to a log file because targets run in parallel.
+# Runs one target. Its output goes to a log file because targets run in parallel.
 run_target() {
     local target=$1
     mkdir -p "fuzz/corpus-new/$target" "fuzz/artifacts/$target"
@@ -75,7 +75,7 @@ report_target() {
         echo "--- $finding, base64 (decode with: base64 -d > input):" >&2
         base64 "$finding" | head -c 20000 >&2
         echo >&2
-        echo "--- reproduce with: cargo fuzz run $target $finding" >&2
+        echo "--- reproduce with: RUSTC_BOOTSTRAP=1 cargo fuzz run $target $finding" >&2
     done
 }
 

@@ -14,7 +14,7 @@ use rsa::pkcs1::{
 };
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
@@ -102,8 +102,13 @@ impl PrivateKey {
     }
 
     /// Signs `message` with RSASSA-PKCS1-v1_5 over SHA-256, as `openssl dgst -sha256 -sign` does.
+    ///
+    /// The private-key operation is blinded with fresh randomness, so its timing does not
+    /// depend on the key in a way a peer could measure across signatures.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.signing.sign(message).to_vec()
+        self.signing
+            .sign_with_rng(&mut rand::rngs::OsRng, message)
+            .to_vec()
     }
 
     /// Modulus size in bits.

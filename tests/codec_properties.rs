@@ -1,7 +1,6 @@
-//! Property tests of the wire codec: frames and handshake messages survive an encode and
-//! decode round trip with any valid field values, decoders return an error instead of
-//! panicking on any bytes, and a byte stream decodes to the same frames wherever it is
-//! split.
+//! Property tests of the wire codec. Frames and handshake messages survive an encode and
+//! decode round trip with any valid field values. Decoders return an error instead of
+//! panicking on any bytes. A byte stream decodes to the same frames wherever it is split.
 //!
 //! The fuzz targets in `fuzz/` check the same decoders with coverage guidance. These tests
 //! run with `cargo test` on every build.
@@ -69,7 +68,8 @@ fn stream_id() -> impl Strategy<Value = u32> {
     0..=MAX_STREAM_ID
 }
 
-/// Any frame that the default limits accept, with payloads up to 2 KiB to keep runs short.
+/// Generates frames that the default limits accept, with payloads up to 2 KiB to keep
+/// runs short.
 fn owned_frame() -> impl Strategy<Value = OwnedFrame> {
     (
         frame_type(),
@@ -85,7 +85,7 @@ fn owned_frame() -> impl Strategy<Value = OwnedFrame> {
         })
 }
 
-/// A valid gateway id, agent name or service name.
+/// Generates valid gateway ids, agent names and service names.
 fn name() -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{1,{MAX_NAME_LEN}}}"))
         .expect("name pattern is a valid regex")
@@ -377,7 +377,7 @@ proptest! {
     }
 }
 
-/// Number of streams that get no Readable event: no data and no FIN.
+/// Counts the streams that get no Readable event, because they carry neither data nor FIN.
 fn empty_streams(streams: &[(String, Vec<u8>, bool)]) -> usize {
     streams
         .iter()

@@ -29,7 +29,10 @@ const MUX_TWO_STREAMS: u8 = 2 << 1;
 fn main() {
     let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let corpus = fuzz_dir.join("corpus");
-    let configs = fuzz_dir.parent().expect("fuzz/ has a parent").join("configs");
+    let configs = fuzz_dir
+        .parent()
+        .expect("fuzz/ has a parent")
+        .join("configs");
 
     write_frame_seeds(&corpus.join("frame_decode"));
     write_handshake_seeds(&corpus.join("handshake_decode"));
@@ -74,7 +77,11 @@ fn handshake_messages() -> Vec<(&'static str, Vec<u8>)> {
     });
     add("welcome", &|out| welcome().encode(out));
     add("reject", &|out| {
-        Reject::new(RejectReason::AddressNotAllowed, "203.0.113.9 is not allowed").encode(out)
+        Reject::new(
+            RejectReason::AddressNotAllowed,
+            "203.0.113.9 is not allowed",
+        )
+        .encode(out)
     });
     messages
 }
@@ -87,15 +94,33 @@ fn write_frame_seeds(dir: &Path) {
         seeds.push((name.to_owned(), out));
     };
 
-    add("data", &|out| frame::encode_frame(FrameType::Data, 0, 1, b"GET / HTTP/1.1\r\n\r\n", out));
-    add("data-fin", &|out| frame::encode_frame(FrameType::Data, flags::FIN, 1, b"", out));
-    add("open", &|out| frame::encode_frame(FrameType::Open, 0, 1, b"web", out));
-    add("reset", &|out| frame::encode_reset(3, ResetReason::ConnectRefused, out));
-    add("window-update-session", &|out| frame::encode_window_update(0, 65_536, out));
-    add("window-update-stream", &|out| frame::encode_window_update(1, 131_072, out));
-    add("ping", &|out| frame::encode_ping(0, 0x0102_0304_0506_0708, out));
-    add("pong", &|out| frame::encode_ping(flags::ACK, 0x0102_0304_0506_0708, out));
-    add("go-away", &|out| frame::encode_go_away(5, GoAwayReason::Shutdown, out));
+    add("data", &|out| {
+        frame::encode_frame(FrameType::Data, 0, 1, b"GET / HTTP/1.1\r\n\r\n", out)
+    });
+    add("data-fin", &|out| {
+        frame::encode_frame(FrameType::Data, flags::FIN, 1, b"", out)
+    });
+    add("open", &|out| {
+        frame::encode_frame(FrameType::Open, 0, 1, b"web", out)
+    });
+    add("reset", &|out| {
+        frame::encode_reset(3, ResetReason::ConnectRefused, out)
+    });
+    add("window-update-session", &|out| {
+        frame::encode_window_update(0, 65_536, out)
+    });
+    add("window-update-stream", &|out| {
+        frame::encode_window_update(1, 131_072, out)
+    });
+    add("ping", &|out| {
+        frame::encode_ping(0, 0x0102_0304_0506_0708, out)
+    });
+    add("pong", &|out| {
+        frame::encode_ping(flags::ACK, 0x0102_0304_0506_0708, out)
+    });
+    add("go-away", &|out| {
+        frame::encode_go_away(5, GoAwayReason::Shutdown, out)
+    });
     for (name, bytes) in handshake_messages() {
         seeds.push((name.to_owned(), bytes));
     }
@@ -137,7 +162,13 @@ fn write_mux_seeds(dir: &Path) {
     // half-closed, a second stream reset, a ping and a go-away.
     let mut to_agent = Vec::new();
     frame::encode_frame(FrameType::Open, 0, 1, b"web", &mut to_agent);
-    frame::encode_frame(FrameType::Data, 0, 1, b"GET / HTTP/1.1\r\nHost: web\r\n\r\n", &mut to_agent);
+    frame::encode_frame(
+        FrameType::Data,
+        0,
+        1,
+        b"GET / HTTP/1.1\r\nHost: web\r\n\r\n",
+        &mut to_agent,
+    );
     frame::encode_window_update(1, 4096, &mut to_agent);
     frame::encode_frame(FrameType::Data, flags::FIN, 1, b"", &mut to_agent);
     frame::encode_frame(FrameType::Open, 0, 3, b"mysql", &mut to_agent);
@@ -147,7 +178,13 @@ fn write_mux_seeds(dir: &Path) {
 
     // What an Agent sends to a Server that opened streams 1 and 3.
     let mut to_server = Vec::new();
-    frame::encode_frame(FrameType::Data, 0, 1, b"HTTP/1.1 200 OK\r\n\r\nhello", &mut to_server);
+    frame::encode_frame(
+        FrameType::Data,
+        0,
+        1,
+        b"HTTP/1.1 200 OK\r\n\r\nhello",
+        &mut to_server,
+    );
     frame::encode_window_update(0, 8192, &mut to_server);
     frame::encode_window_update(1, 8192, &mut to_server);
     frame::encode_frame(FrameType::Data, flags::FIN, 1, b"", &mut to_server);
@@ -163,9 +200,15 @@ fn write_mux_seeds(dir: &Path) {
 
     let seeds = [
         ("agent-session", mux_input(MUX_DEFAULTS, 255, &to_agent)),
-        ("agent-session-byte-chunks", mux_input(MUX_DEFAULTS, 0, &to_agent)),
+        (
+            "agent-session-byte-chunks",
+            mux_input(MUX_DEFAULTS, 0, &to_agent),
+        ),
         ("server-session", mux_input(MUX_TWO_STREAMS, 16, &to_server)),
-        ("small-limits-over-window", mux_input(MUX_SMALL_LIMITS, 100, &over_window)),
+        (
+            "small-limits-over-window",
+            mux_input(MUX_SMALL_LIMITS, 100, &over_window),
+        ),
     ];
     let seeds: Vec<(String, Vec<u8>)> = seeds
         .into_iter()
@@ -187,7 +230,7 @@ fn write_config_seeds(configs: &Path, dir: &Path) {
         .map(|name| {
             let path = configs.join(name);
             let text = fs::read(&path)
-                .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+                .unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()));
             (name.to_owned(), text)
         })
         .collect();
@@ -196,11 +239,11 @@ fn write_config_seeds(configs: &Path, dir: &Path) {
 
 fn write_all(dir: &Path, seeds: &[(String, Vec<u8>)]) {
     fs::create_dir_all(dir)
-        .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
+        .unwrap_or_else(|error| panic!("failed to create {}: {error}", dir.display()));
     for (name, bytes) in seeds {
         let path: PathBuf = dir.join(name);
         fs::write(&path, bytes)
-            .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
+            .unwrap_or_else(|error| panic!("failed to write {}: {error}", path.display()));
         println!("{} ({} bytes)", path.display(), bytes.len());
     }
 }

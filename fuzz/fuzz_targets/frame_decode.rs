@@ -25,8 +25,13 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(error) => {
                 // An error comes from the header alone, so the header decoder agrees.
-                let header = rest.first_chunk::<HEADER_LEN>().expect("error before 9 bytes");
-                assert_eq!(frame::decode_header(header, DEFAULT_MAX_PAYLOAD), Err(error));
+                let header = rest
+                    .first_chunk::<HEADER_LEN>()
+                    .expect("decode failed before the header was complete");
+                assert_eq!(
+                    frame::decode_header(header, DEFAULT_MAX_PAYLOAD),
+                    Err(error)
+                );
                 break;
             }
         }
@@ -44,7 +49,13 @@ fn check_frame(frame: &Frame<'_>, used: usize, input: &[u8]) {
     assert!(header.stream_id <= MAX_STREAM_ID);
 
     let mut encoded = Vec::with_capacity(used);
-    frame::encode_frame(header.kind, header.flags, header.stream_id, frame.payload, &mut encoded);
+    frame::encode_frame(
+        header.kind,
+        header.flags,
+        header.stream_id,
+        frame.payload,
+        &mut encoded,
+    );
     assert_eq!(encoded, &input[..used]);
 }
 
@@ -58,8 +69,8 @@ fn check_incomplete(input: &[u8]) {
     assert!(input.len() < HEADER_LEN + header.len as usize);
 }
 
-/// Parses the payload of a control frame, and checks that it parses exactly when it has
-/// the fixed size of its type and that a parsed value encodes back to the same payload.
+/// Parses the payload of a control frame. Checks that it parses exactly when it has the
+/// fixed size of its type, and that a parsed value encodes back to the same payload.
 fn check_control_payload(frame: &Frame<'_>) {
     let payload = frame.payload;
     match frame.header.kind {

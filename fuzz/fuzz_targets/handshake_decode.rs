@@ -10,8 +10,7 @@
 
 use ipaas_gateway::protocol::frame::{self, Frame, FrameHeader, FrameType, HEADER_LEN};
 use ipaas_gateway::protocol::handshake::{
-    self, HandshakeError, MAX_HANDSHAKE_PAYLOAD, MAX_MESSAGE_LEN, MAX_SERVICES,
-    MAX_SIGNATURE_LEN,
+    self, HandshakeError, MAX_HANDSHAKE_PAYLOAD, MAX_MESSAGE_LEN, MAX_SERVICES, MAX_SIGNATURE_LEN,
 };
 use ipaas_gateway::protocol::{Auth, Challenge, Hello, Reject, Welcome, PROTOCOL_VERSION};
 use libfuzzer_sys::fuzz_target;

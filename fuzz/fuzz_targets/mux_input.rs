@@ -11,9 +11,9 @@
 //! Each role runs the input twice:
 //! 1. Without an application: the bytes are passed in chunks and then in one call, and
 //!    both runs must fail or succeed alike, with the same events and the same outbox.
-//! 2. With an application that reads every readable stream, answers FIN with FIN, sends
-//!    on opened and writable streams, and writes the whole outbox after each chunk. The
-//!    outbox must always hold whole, valid frames.
+//! 2. With an application that reads every readable stream, sends FIN once it has read
+//!    the peer's FIN, sends data on opened and writable streams, and writes the whole
+//!    outbox after each chunk. The outbox must always contain whole, valid frames.
 
 #![no_main]
 
@@ -109,8 +109,8 @@ fn compare_chunked_with_whole(
     let whole_result = whole.handle_input(received);
     let whole_events: Vec<Event> = std::iter::from_fn(|| whole.poll_event()).collect();
 
-    // After an error the two may have processed different numbers of frames: a chunk
-    // boundary checks the outbox limit earlier than the end of one large call.
+    // After an error the two may have processed different numbers of frames, because a
+    // chunk boundary checks the outbox limit earlier than the end of one large call.
     assert_eq!(
         chunked_result.is_ok(),
         whole_result.is_ok(),
@@ -166,7 +166,7 @@ fn run_with_application(
     }
 }
 
-/// Reads stream `id` until nothing is left, and answers a FIN with a FIN.
+/// Reads stream `id` until nothing is left, and sends FIN once the peer's FIN is read.
 fn read_stream(mux: &mut Mux, id: u32, buf: &mut [u8]) {
     loop {
         match mux.read(id, buf) {
