@@ -333,7 +333,12 @@ fn reconcile<R: Runtime>(shard: &Rc<Shard<R>>, initial: bool) -> anyhow::Result<
         }
     }
 
-    // Sessions whose Agent the registry no longer admits.
+    close_revoked_sessions(shard, &snapshot);
+    Ok(())
+}
+
+/// Closes the sessions of this shard whose Agent `snapshot` no longer admits.
+fn close_revoked_sessions<R: Runtime>(shard: &Shard<R>, snapshot: &Snapshot) {
     let mut revoked = Vec::new();
     for (gateway_id, list) in shard.sessions.borrow().iter() {
         let gateway = snapshot.gateways.get(gateway_id);
@@ -369,7 +374,6 @@ fn reconcile<R: Runtime>(shard: &Rc<Shard<R>>, initial: bool) -> anyhow::Result<
         tracing::warn!(gateway.id = %gateway_id, session.id = session.id, peer.addr = %peer, revoked_total = total, "closing Agent session: {reason}");
         session.close();
     }
-    Ok(())
 }
 
 async fn receive_messages<R: Runtime>(
@@ -571,7 +575,7 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
     }
 
     // A registry change may have revoked this Agent while it was authenticating.
-    let _ = reconcile(&shard, false);
+    close_revoked_sessions(&shard, &shared.snapshot());
 
     let ended = Trigger::new();
     crate::agent::watch_shutdown(
