@@ -78,7 +78,7 @@ pub enum RegistryError {
 
 /// Durable storage of gateway records. Each method is one transaction.
 pub trait Registry: Send + Sync {
-    /// All gateways, ordered by id.
+    /// Returns all gateways, ordered by id.
     fn list(&self) -> Result<Vec<GatewayRecord>, RegistryError>;
     /// One gateway.
     fn get(&self, id: &str) -> Result<Option<GatewayRecord>, RegistryError>;

@@ -12,7 +12,7 @@ use super::{BufferPool, PooledBuffer, Session};
 use crate::protocol::frame::ResetReason;
 use crate::protocol::mux::StreamRead;
 
-/// How a stream ended, for the stream's log line.
+/// Reason a stream ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
     /// Both directions finished with FIN.
