@@ -338,6 +338,43 @@ fn check_lists_every_config_problem() {
 }
 
 #[test]
+fn check_validates_logger_config() {
+    let env = Env::new(Backends::TOKIO);
+    let (private, _) = openssl_keys(&env.path("keys"), 2048);
+    let root = package(&env, "logger", Some(&private), &[("echo", "127.0.0.1:9")]);
+
+    // Without a logger config the Agent logs to standard error, which is not a problem.
+    let absent = agent(&["check"], &root);
+    let line = report_line(&absent, "ok", "logger").expect("no logger line");
+    assert!(line.contains("standard error"), "{line}");
+
+    std::fs::write(
+        root.join("configs/logger_config.yaml"),
+        "level: info\nfile: log/agent.log\nmax_size: 1MiB\nmax_backups: 3\n",
+    )
+    .unwrap();
+    let valid = agent(&["check"], &root);
+    assert!(valid.status.success(), "{}", stdout(&valid));
+    let line = report_line(&valid, "ok", "logger").expect("no logger line");
+    assert!(line.contains("log/agent.log"), "{line}");
+    assert!(line.contains("1 MiB, 3 backups"), "{line}");
+
+    std::fs::write(
+        root.join("configs/logger_config.yaml"),
+        "level: info\nmax_size: lots\nmax_backups: -1\n",
+    )
+    .unwrap();
+    let invalid = agent(&["check"], &root);
+    assert_eq!(invalid.status.code(), Some(1), "{}", stdout(&invalid));
+    for key in ["max_size", "max_backups"] {
+        let found = stdout(&invalid).lines().any(|line| {
+            line.starts_with("FAILED") && line.contains("logger") && line.contains(key)
+        });
+        assert!(found, "{key} missing from:\n{}", stdout(&invalid));
+    }
+}
+
+#[test]
 fn check_reports_missing_config() {
     let dir = tempfile::tempdir().unwrap();
     let output = agent(&["check", "--config", "nowhere/config.yaml"], dir.path());

@@ -20,7 +20,7 @@ use rustls::{CertificateError, RootCertStore};
 
 use super::{AgentShared, AgentStats, HANDSHAKE_TIMEOUT};
 use crate::backend::{self, timeout, Runtime};
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, LoggerConfig};
 use crate::keys::{self, PrivateKey, MIN_KEY_BITS, RECOMMENDED_KEY_BITS};
 use crate::protocol::frame::{self, GoAwayReason};
 use crate::protocol::handshake::Welcome;
@@ -62,7 +62,8 @@ impl fmt::Display for Status {
 #[derive(Debug, Clone)]
 pub struct Finding {
     pub status: Status,
-    /// Area checked: `config`, `package`, `private key`, `TLS files`, `service` or `server`.
+    /// Area checked: `config`, `logger`, `package`, `private key`, `TLS files`, `service` or
+    /// `server`.
     pub subject: &'static str,
     /// The result, naming the file or address concerned and, for a problem, the fix.
     pub message: String,
@@ -120,14 +121,17 @@ impl fmt::Display for Report {
     }
 }
 
-/// Checks the package whose config is `config_file`. With `connect`, it also logs in to
-/// the Server once and closes the session again.
+/// Checks the package whose config is `config_file` and whose logger config is
+/// `logger_file`. With `connect`, it also logs in to the Server once and closes the session
+/// again.
 ///
 /// Service targets that are not `host:port` are reported as config problems, because the
 /// config parser rejects them.
-pub fn run(config_file: &Path, connect: bool) -> Report {
+pub fn run(config_file: &Path, logger_file: &Path, connect: bool) -> Report {
     let mut report = Report::default();
-    let Some(config) = check_config(&mut report, config_file) else {
+    let config = check_config(&mut report, config_file);
+    check_logger(&mut report, logger_file, config.as_ref());
+    let Some(config) = config else {
         report.push(
             Status::Skipped,
             "package",
@@ -172,14 +176,80 @@ fn check_config(report: &mut Report, file: &Path) -> Option<AgentConfig> {
             Some(config)
         }
         Err(error) => {
-            push_config_problems(report, &error);
+            push_config_problems(report, "config", &error);
             None
         }
     }
 }
 
+/// Checks the logger config as the Agent loads it: relative paths resolve against the
+/// package root, and a missing file means logging to standard error.
+fn check_logger(report: &mut Report, file: &Path, config: Option<&AgentConfig>) {
+    if !file.exists() {
+        report.push(
+            Status::Ok,
+            "logger",
+            format!(
+                "{} does not exist, so the Agent logs at `info` to standard error only",
+                file.display()
+            ),
+        );
+        return;
+    }
+    // Without a valid Agent config, the folder above configs/ is taken as the package root.
+    let fallback = file
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let root = config.map_or(fallback, |config| config.root.as_path());
+    match LoggerConfig::load(file, root) {
+        Ok(logger) => {
+            let destination = match &logger.file {
+                Some(log) => {
+                    let policy = &logger.backups;
+                    let age = policy.max_age.map_or("any age".to_owned(), |age| {
+                        format!("up to {}", humantime::format_duration(age))
+                    });
+                    format!(
+                        "to {}, rotated past {}, {} backups kept for {age}{}",
+                        log.display(),
+                        format_size(policy.max_size),
+                        policy.max_backups,
+                        if policy.compress {
+                            ", gzip-compressed"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                None => "to standard error only".to_owned(),
+            };
+            report.push(
+                Status::Ok,
+                "logger",
+                format!(
+                    "{} is valid: level `{}`, {destination}",
+                    file.display(),
+                    logger.level
+                ),
+            );
+        }
+        Err(error) => push_config_problems(report, "logger", &error),
+    }
+}
+
+/// Formats a byte count with the largest binary unit that divides it.
+fn format_size(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes % size == 0 {
+            return format!("{} {unit}", bytes / size);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 /// Adds one failure per problem, so every bad key of the file is listed.
-fn push_config_problems(report: &mut Report, error: &ConfigError) {
+fn push_config_problems(report: &mut Report, subject: &'static str, error: &ConfigError) {
     let file = error.file.display();
     for problem in &error.problems {
         let mut message = if problem.key.is_empty() {
@@ -190,7 +260,7 @@ fn push_config_problems(report: &mut Report, error: &ConfigError) {
         if problem.key.is_empty() && !error.file.exists() {
             message += "; pass --config with the path of the Agent's config.yaml";
         }
-        report.push(Status::Failed, "config", message);
+        report.push(Status::Failed, subject, message);
     }
 }
 

@@ -89,6 +89,9 @@ struct CheckArgs {
     /// package that contains this binary (bin/<OS>/ipaas-agent).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Logger config file. Defaults to logger_config.yaml beside the Agent config.
+    #[arg(long)]
+    logger: Option<PathBuf>,
     /// Also connect to the Server, run the TLS handshake and the authentication once, and
     /// close the session again.
     #[arg(long)]
@@ -116,10 +119,7 @@ fn run(cli: RunArgs) -> anyhow::Result<()> {
     let logger = if logger_file.exists() {
         LoggerConfig::load(&logger_file, &config.root)?
     } else {
-        LoggerConfig {
-            level: "info".into(),
-            file: None,
-        }
+        LoggerConfig::default()
     };
     let to_stderr = logger.file.is_none() || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _log_guard = telemetry::init(&logger, to_stderr)?;
@@ -222,7 +222,10 @@ fn generate_key(args: KeygenArgs) -> anyhow::Result<()> {
 fn check_package(args: CheckArgs) -> ExitCode {
     let config_file = args.config.unwrap_or_else(default_config_file);
     println!("checking {}", config_file.display());
-    let report = check::run(&config_file, args.connect);
+    let logger_file = args
+        .logger
+        .unwrap_or_else(|| config_file.with_file_name("logger_config.yaml"));
+    let report = check::run(&config_file, &logger_file, args.connect);
     println!("{report}");
     if report.has_failures() {
         ExitCode::FAILURE

@@ -1,5 +1,5 @@
 //! Configuration files: YAML parsed into resolved types (socket addresses, CIDRs, durations,
-//! absolute paths, loaded keys) before anything starts.
+//! sizes, absolute paths, loaded keys) before anything starts.
 //!
 //! Unknown keys and YAML errors stop parsing at the first one, with its line and column;
 //! every value problem after that is collected, so one run lists all of them with their keys.
@@ -105,6 +105,27 @@ impl Problems {
                     format!("invalid duration `{value}` ({error}); write it like `10s`, `500ms` or `2m`"),
                 );
                 Duration::from_secs(1)
+            }
+        }
+    }
+
+    /// Parses a size such as `100MiB`, `512KiB` or `4096B` into bytes.
+    ///
+    /// KiB, MiB and GiB are powers of 1024, and KB, MB and GB are powers of 1000. Units are
+    /// case-insensitive. A unit is required, so that `100` cannot be mistaken for 100 MiB.
+    pub(crate) fn size(&mut self, key: &str, value: &str) -> u64 {
+        match parse_size(value) {
+            Some(bytes) if bytes > 0 => bytes,
+            Some(_) => {
+                self.push(key, format!("size `{value}` must be greater than zero"));
+                1
+            }
+            None => {
+                self.push(
+                    key,
+                    format!("invalid size `{value}`; write a whole number and a unit such as `100MiB`, `512KiB` or `1GiB`"),
+                );
+                1
             }
         }
     }
@@ -291,6 +312,28 @@ pub fn shard_count(configured: usize) -> usize {
         .unwrap_or(1)
 }
 
+/// Parses `<whole number>[ ]<unit>` into bytes. Returns `None` for a missing or negative
+/// number, a fraction, a missing or unknown unit, or a value above `u64::MAX`.
+fn parse_size(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let digits_end = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits_end);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
 /// Reads and parses a YAML file into `T`, turning every failure into a [`ConfigError`].
 pub(crate) fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
     let single = |message: String| ConfigError {
@@ -348,6 +391,54 @@ mod tests {
         ] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn size_units() {
+        let cases = [
+            ("4096B", 4096),
+            ("512KiB", 512 * 1024),
+            ("100MiB", 100 * 1024 * 1024),
+            ("100 MiB", 100 * 1024 * 1024),
+            ("100mib", 100 * 1024 * 1024),
+            ("2GiB", 2 * 1024 * 1024 * 1024),
+            ("10KB", 10_000),
+            ("10MB", 10_000_000),
+            ("1GB", 1_000_000_000),
+            (" 7kib ", 7 * 1024),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(parse_size(text), Some(bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn size_rejects_bad_values() {
+        for bad in [
+            "",
+            "lots",
+            "MiB",
+            "4096",
+            "-1MiB",
+            "1.5GiB",
+            "10 TiB",
+            "10 MiB extra",
+            "99999999999GiB",
+            "18446744073709551616B",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+
+        let mut problems = Problems::new(Path::new("test.yaml"));
+        problems.size("a", "lots");
+        problems.size("b", "0KiB");
+        assert_eq!(problems.size("c", "1KiB"), 1024);
+        let error = problems.finish(()).unwrap_err();
+        let keys: Vec<_> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert!(error.problems[0].message.contains("`lots`"));
+        assert!(error.problems[0].message.contains("100MiB"));
+        assert!(error.problems[1].message.contains("greater than zero"));
     }
 
     #[test]

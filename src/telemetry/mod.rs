@@ -4,7 +4,8 @@
 //! `agent.name`, `peer.addr`, `shard`) and one per stream (`stream.id`, `service`). Key
 //! material never enters a span or event; types that hold keys print only public facts.
 
-use std::path::Path;
+mod log_file;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing_appender::non_blocking::WorkerGuard;
@@ -14,7 +15,8 @@ use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 use crate::config::LoggerConfig;
 
-/// Installs the global subscriber: standard error, plus the log file when one is set.
+/// Installs the global subscriber: standard error, plus the log file when one is set,
+/// rotated as `config.backups` sets.
 ///
 /// Returns a guard that flushes the file writer when dropped; keep it until exit.
 pub fn init(config: &LoggerConfig, to_stderr: bool) -> anyhow::Result<Option<WorkerGuard>> {
@@ -31,9 +33,15 @@ pub fn init(config: &LoggerConfig, to_stderr: bool) -> anyhow::Result<Option<Wor
     });
 
     let mut guard = None;
+    let mut stale_backups = Vec::new();
     let file_layer = match &config.file {
         Some(path) => {
-            let (writer, file_guard) = tracing_appender::non_blocking(open_log(path)?);
+            let log_file = log_file::open(path, &config.backups)?;
+            stale_backups = log_file.stale;
+            // The rotating writer runs on the non-blocking writer's own thread, so shards
+            // only queue formatted lines. When the queue is full (128,000 lines, the default
+            // of tracing-appender 0.2), lines are dropped instead of blocking a shard.
+            let (writer, file_guard) = tracing_appender::non_blocking(log_file.writer);
             guard = Some(file_guard);
             Some(
                 fmt::layer()
@@ -51,21 +59,14 @@ pub fn init(config: &LoggerConfig, to_stderr: bool) -> anyhow::Result<Option<Wor
         .with(file_layer)
         .try_init()
         .map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))?;
-    Ok(guard)
-}
 
-fn open_log(path: &Path) -> anyhow::Result<std::fs::File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|error| {
-            anyhow::anyhow!("cannot create log folder {}: {error}", dir.display())
-        })?;
+    for (path, error) in stale_backups {
+        tracing::warn!(
+            log.backup = %path.display(), %error,
+            "cannot delete a log backup past max_backups or max_age; delete it by hand or give this user write access to the log folder"
+        );
     }
-    // TODO: size- and age-based rotation with a backup count, set in logger_config.yaml.
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|error| anyhow::anyhow!("cannot open log file {}: {error}", path.display()))
+    Ok(guard)
 }
 
 /// A monotonically increasing counter shared by all shards.
