@@ -241,7 +241,7 @@ fn check_logger(report: &mut Report, file: &Path, config: Option<&AgentConfig>) 
 /// Formats a byte count with the largest binary unit that divides it.
 fn format_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes % size == 0 {
+        if bytes.is_multiple_of(size) {
             return format!("{} {unit}", bytes / size);
         }
     }
