@@ -294,3 +294,59 @@ fn flood_from_one_address_does_not_lock_out_agents() {
     assert!(log.contains("127.0.0.2"), "{log}");
     drop(flood);
 }
+
+/// A flood from a hundred addresses: idle connections, junk and TLS handshakes without a
+/// client certificate, at 600 new connections per second. A live stream keeps flowing and a
+/// new Agent still logs in. Throughput figures come from `cargo bench --bench flood`.
+#[test]
+fn flood_from_many_addresses_spares_live_sessions() {
+    use common::flood::{Flood, SinkGateway};
+
+    let mut gateway = SinkGateway::start(Backends::IO_URING);
+    let stream = gateway.bulk_stream(Duration::from_secs(60));
+    let window = Duration::from_secs(2);
+    let before = stream.rate(window);
+    assert!(before > 0.0, "the live stream does not flow");
+
+    let flood = Flood::start(&gateway.flood(600, Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_secs(3));
+    let during = stream.rate(window);
+
+    // A new Agent logs in while the flood fills the handshake slots.
+    let started = std::time::Instant::now();
+    let root = gateway.start_agent("agent-2");
+    let agent_log = root.join("log/agent.log");
+    wait_for("both shards of the new Agent", LIMIT, || {
+        count_in_log(&agent_log, "session established") >= 2
+    });
+    let login = started.elapsed();
+    let counts = flood.stop();
+    // Idle connections fill the handshake slots within a few seconds. A Server that then
+    // only closes new connections makes the Agent retry for seconds. A Server that closes
+    // the oldest idle handshake lets it in at the first or second attempt.
+    let failed = count_in_log(&agent_log, "session failed");
+
+    eprintln!(
+        "live stream: {:.0} MiB/s before, {:.0} MiB/s during the flood ({:.0}%); \
+         new Agent logged in after {login:?} and {failed} failures; flood {counts:?}",
+        before / 1048576.0,
+        during / 1048576.0,
+        during / before * 100.0
+    );
+    assert!(during > 0.0, "the live stream stalled during the flood");
+    assert!(
+        failed <= 2,
+        "the new Agent failed {failed} times before logging in"
+    );
+    assert!(
+        counts.connected > 1000,
+        "the flood made only {} connections",
+        counts.connected
+    );
+    assert!(counts.tls_completed > 0, "no TLS attempt got through");
+    let log = read_log(&gateway.env.server_log());
+    assert!(
+        log.contains("handshake failed"),
+        "the Server logged no failed handshake"
+    );
+}

@@ -275,12 +275,7 @@ fn streams_spread_over_agents_and_survive_one_dying(backends: Backends) {
 
 /// Reads `/proc/PID/status` VmRSS in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS")
 }
 
 /// Reads slowly from a producer that pushes as fast as it can, for `seconds`, and returns

@@ -396,6 +396,8 @@ fn run(
         rejections = stats.rejections.get(),
         handshake_failures = stats.handshake_failures.get(),
         rate_limited = stats.rate_limited.get(),
+        unauthenticated_dropped = stats.unauthenticated_dropped.get(),
+        unauthenticated_evicted = stats.unauthenticated_evicted.get(),
         handoffs = stats.handoffs.get(),
         no_agent = stats.no_agent.get(),
         "Server stopped"

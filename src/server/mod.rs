@@ -14,7 +14,7 @@ mod handshake;
 pub mod package;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -44,6 +44,8 @@ pub struct ServerStats {
     pub handshake_failures: Counter,
     /// Agent connections closed because too many handshakes were in progress.
     pub unauthenticated_dropped: Counter,
+    /// Handshakes closed early to make room for a new connection when the cap was reached.
+    pub unauthenticated_evicted: Counter,
     pub streams: Counter,
     pub handoffs: Counter,
     /// Entry connections closed because no Agent of the gateway was connected.
@@ -212,7 +214,9 @@ struct Shard<R: Runtime> {
     /// Entry listeners of this shard, each with the trigger that stops its accept loop.
     listeners: RefCell<HashMap<ListenerKey, Rc<Trigger>>>,
     next_session: Cell<usize>,
-    unauthenticated: Cell<usize>,
+    /// Handshakes in progress on this shard, oldest first.
+    pending: RefCell<BTreeMap<u64, PendingHandshake>>,
+    next_pending: Cell<u64>,
     /// Token buckets of the per-source handshake rate limit.
     rate: RefCell<HashMap<std::net::IpAddr, Bucket>>,
     pool: Rc<BufferPool>,
@@ -238,7 +242,8 @@ pub async fn run_shard<R: Runtime>(
         listeners: RefCell::new(HashMap::new()),
         shared: Arc::clone(&shared),
         next_session: Cell::new(0),
-        unauthenticated: Cell::new(0),
+        pending: RefCell::new(BTreeMap::new()),
+        next_pending: Cell::new(0),
         rate: RefCell::new(HashMap::new()),
         pool: BufferPool::new(BUFFER_SIZE, MAX_IDLE_BUFFERS),
         shutdown: Rc::clone(&shutdown),
@@ -435,17 +440,60 @@ async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
             }
             continue;
         }
-        if shard.unauthenticated.get() >= shard.shared.config.max_unauthenticated {
-            let total = shard.shared.stats.unauthenticated_dropped.increment();
-            tracing::debug!(peer.addr = %peer, dropped_total = total, "too many handshakes in progress; connection closed");
+        if !make_room(&shard, peer) {
             continue;
         }
-        shard.unauthenticated.set(shard.unauthenticated.get() + 1);
+        let id = shard.next_pending.get();
+        shard.next_pending.set(id + 1);
+        let evict = Trigger::new();
+        shard.pending.borrow_mut().insert(
+            id,
+            PendingHandshake {
+                since: std::time::Instant::now(),
+                evict: Rc::clone(&evict),
+            },
+        );
         let span = tracing::info_span!("agent", peer.addr = %peer, shard = shard.runtime.shard());
         shard
             .runtime
-            .spawn(serve_agent(Rc::clone(&shard), tcp, peer).instrument(span));
+            .spawn(serve_agent(Rc::clone(&shard), tcp, peer, id, evict).instrument(span));
     }
+}
+
+/// A handshake in progress, with the trigger that closes it early.
+struct PendingHandshake {
+    since: std::time::Instant,
+    evict: Rc<Trigger>,
+}
+
+/// Age from which a handshake in progress may be closed to make room for a new connection.
+/// An Agent's handshake takes about three round trips and one RSA signature, so on links
+/// with a round trip under 500 ms it finishes before this age.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
+
+/// Applies the cap on handshakes in progress and returns whether a connection from `peer`
+/// may start one.
+///
+/// When the cap is reached, the oldest handshake makes room if it has run for
+/// [`EVICTABLE_AFTER`]: idle connections that hold slots until the handshake timeout then
+/// cannot lock Agents out. Otherwise the new connection is closed, so a crowd of Agents
+/// logging in at once still finishes the handshakes already started.
+fn make_room<R: Runtime>(shard: &Shard<R>, peer: SocketAddr) -> bool {
+    let mut pending = shard.pending.borrow_mut();
+    if pending.len() < shard.shared.config.max_unauthenticated {
+        return true;
+    }
+    let stats = &shard.shared.stats;
+    let oldest = pending.first_entry().expect("the cap is at least 1");
+    if oldest.get().since.elapsed() < EVICTABLE_AFTER {
+        let total = stats.unauthenticated_dropped.increment();
+        tracing::debug!(peer.addr = %peer, dropped_total = total, "too many handshakes in progress; connection closed");
+        return false;
+    }
+    oldest.remove().evict.fire();
+    let total = stats.unauthenticated_evicted.increment();
+    tracing::debug!(peer.addr = %peer, evicted_total = total, "too many handshakes in progress; closed the oldest");
+    true
 }
 
 /// A token bucket: `tokens` refill at the configured rate up to twice the rate.
@@ -487,26 +535,41 @@ fn admit<R: Runtime>(shard: &Shard<R>, source: std::net::IpAddr) -> bool {
     true
 }
 
-async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketAddr) {
+async fn serve_agent<R: Runtime>(
+    shard: Rc<Shard<R>>,
+    tcp: R::Tcp,
+    peer: SocketAddr,
+    pending_id: u64,
+    evict: Rc<Trigger>,
+) {
     let shared = &shard.shared;
     let tls = match rustls::ServerConnection::new(shared.tls.clone()) {
         Ok(tls) => tls,
         Err(error) => {
             tracing::error!(%error, "cannot create a TLS session");
-            shard.unauthenticated.set(shard.unauthenticated.get() - 1);
+            shard.pending.borrow_mut().remove(&pending_id);
             return;
         }
     };
     let mut io = TlsIo::new(tcp, rustls::Connection::Server(tls));
     let session_id = shared.next_session.fetch_add(1, Ordering::Relaxed);
 
-    let outcome = timeout(
-        &shard.runtime,
-        shared.config.handshake_timeout,
-        handshake::authenticate(&mut io, shared, peer, session_id),
+    let outcome = futures_lite::future::or(
+        async {
+            timeout(
+                &shard.runtime,
+                shared.config.handshake_timeout,
+                handshake::authenticate(&mut io, shared, peer, session_id),
+            )
+            .await
+        },
+        async {
+            evict.wait().await;
+            None
+        },
     )
     .await;
-    shard.unauthenticated.set(shard.unauthenticated.get() - 1);
+    shard.pending.borrow_mut().remove(&pending_id);
 
     let accepted = match outcome {
         Some(Ok(accepted)) => accepted,
@@ -520,6 +583,8 @@ async fn serve_agent<R: Runtime>(shard: Rc<Shard<R>>, tcp: R::Tcp, peer: SocketA
             }
             return;
         }
+        // The counter and the log line of an eviction are in `make_room`.
+        None if evict.is_fired() => return,
         None => {
             let total = shared.stats.handshake_failures.increment();
             if total.is_power_of_two() {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod flood;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -188,6 +190,10 @@ pub struct Env {
     pub agent_heartbeat: Option<(&'static str, &'static str)>,
     /// Port the Agents dial instead of the Server's, such as a test relay in between.
     pub agent_dial_port: Option<u16>,
+    /// Extra top-level lines for the Server config.
+    pub server_extra: String,
+    /// Shards (sessions) per Agent.
+    pub agent_shards: usize,
     pub server: Option<Process>,
     pub agents: Vec<Process>,
 }
@@ -209,6 +215,8 @@ impl Env {
             server_heartbeat: ("1s", "3s"),
             agent_heartbeat: None,
             agent_dial_port: None,
+            server_extra: String::new(),
+            agent_shards: 2,
             server: None,
             agents: Vec::new(),
         }
@@ -235,8 +243,12 @@ impl Env {
         let mut yaml = format!(
             "listen: \"127.0.0.1:{}\"\ntls: {{ca: pki/ca.pem, cert: pki/server.pem, key: pki/server.key}}\n\
              runtime: {{shards: 2, backend: {}}}\nheartbeat: {{interval: {}, timeout: {}}}\ndrain_timeout: 5s\n\
-             log: {{level: \"info,ipaas_gateway=debug\", file: server.log}}\ngateways:\n",
-            self.agent_port, self.backends.server, self.server_heartbeat.0, self.server_heartbeat.1
+             log: {{level: \"info,ipaas_gateway=debug\", file: server.log}}\n{}gateways:\n",
+            self.agent_port,
+            self.backends.server,
+            self.server_heartbeat.0,
+            self.server_heartbeat.1,
+            self.server_extra
         );
         for gateway in gateways {
             yaml += &format!("  - id: {}\n    public_keys:\n", gateway.id);
@@ -317,8 +329,10 @@ impl Env {
 
         let mut yaml = format!(
             "server: {{address: \"127.0.0.1:{}\", tls_name: localhost}}\ngateway_id: {gateway_id}\nagent_name: {name}\n\
-             runtime: {{shards: 2, backend: {}}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\n",
-            self.agent_dial_port.unwrap_or(self.agent_port), self.backends.agent
+             runtime: {{shards: {}, backend: {}}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\n",
+            self.agent_dial_port.unwrap_or(self.agent_port),
+            self.agent_shards,
+            self.backends.agent
         );
         if let Some((interval, timeout)) = self.agent_heartbeat {
             yaml += &format!("heartbeat: {{interval: {interval}, timeout: {timeout}}}\n");
@@ -394,11 +408,13 @@ pub struct TestService {
 }
 
 impl TestService {
-    pub fn start(handler: fn(TcpStream)) -> Self {
+    pub fn start(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let handler = std::sync::Arc::new(handler);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                let handler = std::sync::Arc::clone(&handler);
                 std::thread::spawn(move || handler(stream));
             }
         });
@@ -550,4 +566,15 @@ pub fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// Reads a memory figure in KiB, such as `VmRSS` or `VmHWM`, from `/proc/PID/status`;
+/// 0 when the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
