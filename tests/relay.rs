@@ -18,6 +18,7 @@ on_every_backend!(
     half_close_still_gets_the_reply,
     two_hundred_concurrent_echo_streams,
     lost_agent_resets_entry_connection,
+    sessions_spread_over_server_shards,
 );
 
 const STARTUP: Duration = Duration::from_secs(20);
@@ -313,4 +314,50 @@ fn lost_agent_resets_entry_connection(backends: Backends) {
         }
     };
     assert_eq!(outcome, Err(std::io::ErrorKind::ConnectionReset));
+}
+
+/// An Agent with 16 shards opens 16 sessions. Whichever Server shard accepts each one, the
+/// Server runs 8 on each of its 2 shards, and streams relay over sessions on both.
+fn sessions_spread_over_server_shards(backends: Backends) {
+    let mut env = Env::new(backends);
+    env.agent_shards = 16;
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let service = TestService::start(echo);
+    let entry = free_port();
+    env.start_gateway(&public, "127.0.0.0/8", &[("echo", entry)]);
+    env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
+    let log = env.server_log();
+    wait_for("16 Agent sessions", STARTUP, || {
+        count_in_log(&log, "Agent session established") >= 16
+    });
+
+    // The session span sits inside the `agent` span, which names the shard running it.
+    let established: Vec<String> = read_log(&log)
+        .lines()
+        .filter(|line| line.contains("Agent session established"))
+        .map(str::to_owned)
+        .collect();
+    for shard in 0..2 {
+        let running = established
+            .iter()
+            .filter(|line| line.contains(&format!("shard={shard}}}")))
+            .count();
+        assert_eq!(running, 8, "shard {shard}:\n{}", established.join("\n"));
+    }
+
+    // Each stream runs on the shard that accepted its entry connection, with one of that
+    // shard's own sessions.
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(("127.0.0.1", entry)).unwrap();
+        stream.write_all(b"spread").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"spread");
+    }
+    assert_eq!(
+        count_in_log(&log, "no Agent of this gateway is connected"),
+        0,
+        "an entry connection found no session"
+    );
 }

@@ -399,6 +399,7 @@ fn run(
         unauthenticated_dropped = stats.unauthenticated_dropped.get(),
         unauthenticated_evicted = stats.unauthenticated_evicted.get(),
         handoffs = stats.handoffs.get(),
+        sessions_moved = stats.sessions_moved.get(),
         no_agent = stats.no_agent.get(),
         "Server stopped"
     );

@@ -28,6 +28,14 @@ pub struct TlsIo<T> {
     eof: bool,
 }
 
+/// The state of a [`TlsIo`] apart from its TCP stream: it can move to another thread.
+pub struct TlsState {
+    tls: rustls::Connection,
+    /// Ciphertext read from the socket and not yet fed to rustls.
+    unread: Vec<u8>,
+    eof: bool,
+}
+
 /// Adapts `poll_write` to `io::Write` for `write_tls`; `Pending` becomes `WouldBlock`.
 struct SyncWriter<'a, 'b, T> {
     tcp: &'a mut T,
@@ -57,6 +65,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsIo<T> {
             read_end: 0,
             eof: false,
         }
+    }
+
+    /// Splits this connection into its TCP stream and the state that has no runtime in it,
+    /// so that another shard can continue it with [`Self::from_parts`]. Call it only after
+    /// [`Self::poll_flush`] has completed, because unsent records stay in the TLS state.
+    pub fn into_parts(self) -> (T, TlsState) {
+        let state = TlsState {
+            tls: self.tls,
+            unread: self.read_buffer[self.read_start..self.read_end].to_vec(),
+            eof: self.eof,
+        };
+        (self.tcp, state)
+    }
+
+    /// Continues a connection split by [`Self::into_parts`] over `tcp`.
+    pub fn from_parts(tcp: T, state: TlsState) -> Self {
+        let mut io = Self::new(tcp, state.tls);
+        io.read_buffer[..state.unread.len()].copy_from_slice(&state.unread);
+        io.read_end = state.unread.len();
+        io.eof = state.eof;
+        io
     }
 
     /// Returns the rustls connection, for exporters and peer details.

@@ -29,7 +29,7 @@ use crate::config::ServerConfig;
 use crate::keys::Fingerprint;
 use crate::protocol::mux::{Mux, MuxConfig, Role};
 use crate::registry::{self, GatewayRecord, Registry, RegistryError};
-use crate::relay::tls::TlsIo;
+use crate::relay::tls::{TlsIo, TlsState};
 use crate::relay::{session, stream, BufferPool, Session, Trigger};
 use crate::telemetry::Counter;
 
@@ -54,6 +54,9 @@ pub struct ServerStats {
     pub revoked: Counter,
     /// Sessions closed because their Agent instance logged in again.
     pub replaced: Counter,
+    /// Sessions moved to another shard after authentication, to balance a gateway's
+    /// sessions over the shards.
+    pub sessions_moved: Counter,
     /// Agent connections closed by the per-source rate limit.
     pub rate_limited: Counter,
 }
@@ -62,7 +65,16 @@ pub struct ServerStats {
 #[derive(Debug)]
 pub struct LiveCounts {
     per_shard: Vec<AtomicUsize>,
+    /// Sessions on their way to each shard (see [`ShardMessage::Session`]).
+    arriving: Vec<AtomicUsize>,
     next_shard: AtomicUsize,
+}
+
+impl LiveCounts {
+    /// Returns the sessions of shard `shard`, including those on their way to it.
+    fn load(&self, shard: usize) -> usize {
+        self.per_shard[shard].load(Ordering::Acquire) + self.arriving[shard].load(Ordering::Acquire)
+    }
 }
 
 /// A gateway in the form the data plane uses.
@@ -86,6 +98,17 @@ pub enum ShardMessage {
     Reconfigure,
     /// The Agent instance of this session logged in again; close the old session.
     Replace { session_id: u64 },
+    /// An authenticated Agent session that another shard moved here.
+    Session(Box<MovedSession>),
+}
+
+/// An Agent session moving to another shard right after its authentication.
+pub struct MovedSession {
+    stream: std::net::TcpStream,
+    tls: TlsState,
+    accepted: handshake::Accepted,
+    peer: SocketAddr,
+    session_id: u64,
 }
 
 /// An entry connection moving to another shard.
@@ -165,6 +188,7 @@ impl ServerShared {
             let counts = live.entry(record.id.clone()).or_insert_with(|| {
                 Arc::new(LiveCounts {
                     per_shard: (0..self.shards).map(|_| AtomicUsize::new(0)).collect(),
+                    arriving: (0..self.shards).map(|_| AtomicUsize::new(0)).collect(),
                     next_shard: AtomicUsize::new(0),
                 })
             });
@@ -398,6 +422,7 @@ async fn receive_messages<R: Runtime>(
                 let _ = reconcile(&shard, false);
             }
             Some(ShardMessage::Replace { session_id }) => replace_session(&shard, session_id),
+            Some(ShardMessage::Session(moved)) => adopt_session(&shard, *moved),
             Some(ShardMessage::Handoff(handoff)) => match shard.runtime.adopt(handoff.stream) {
                 Ok(tcp) => route(
                     &shard,
@@ -596,6 +621,115 @@ async fn serve_agent<R: Runtime>(
         }
     };
 
+    // The kernel's SO_REUSEPORT hash, or a single accepting shard on macOS and Windows, can
+    // put all sessions of a gateway on one shard, which would then relay all its streams.
+    let here = shard.runtime.shard();
+    let target = balance_target(&accepted.gateway.live, here);
+    if target == here {
+        run_session(shard, io, accepted, peer, session_id, false).await;
+    } else {
+        move_session(&shard, io, accepted, peer, session_id, target).await;
+    }
+}
+
+/// Returns the shard that should run a new session of the gateway with `live` counts: the
+/// one with the fewest sessions of that gateway, `here` on a tie.
+fn balance_target(live: &LiveCounts, here: usize) -> usize {
+    let mut target = here;
+    let mut fewest = live.load(here);
+    for shard in 0..live.per_shard.len() {
+        let load = live.load(shard);
+        if load < fewest {
+            (target, fewest) = (shard, load);
+        }
+    }
+    target
+}
+
+/// Sends an authenticated session to shard `target`, which continues it in [`adopt_session`].
+async fn move_session<R: Runtime>(
+    shard: &Shard<R>,
+    mut io: TlsIo<R::Tcp>,
+    accepted: handshake::Accepted,
+    peer: SocketAddr,
+    session_id: u64,
+    target: usize,
+) {
+    // Write out the Welcome first, so that the socket changes owner with nothing pending.
+    if let Err(error) = std::future::poll_fn(|cx| io.poll_flush(cx)).await {
+        tracing::warn!(%error, session.id = session_id, "Agent session failed before it could move to another shard");
+        return;
+    }
+    let (tcp, tls) = io.into_parts();
+    let stream = match shard.runtime.release(tcp) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, session.id = session_id, "cannot move an Agent session to another shard; the Agent will reconnect");
+            return;
+        }
+    };
+    let live = Arc::clone(&accepted.gateway.live);
+    live.arriving[target].fetch_add(1, Ordering::AcqRel);
+    let moved = MovedSession {
+        stream,
+        tls,
+        accepted,
+        peer,
+        session_id,
+    };
+    if shard.shared.messages[target]
+        .send(ShardMessage::Session(Box::new(moved)))
+        .is_err()
+    {
+        // Only a shard that has stopped drops its receiver; the Server is shutting down.
+        live.arriving[target].fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    shard.shared.stats.sessions_moved.increment();
+    tracing::debug!(
+        session.id = session_id,
+        to_shard = target,
+        "Agent session moved to the shard with the fewest sessions of its gateway"
+    );
+}
+
+/// Continues a session that another shard moved here.
+fn adopt_session<R: Runtime>(shard: &Rc<Shard<R>>, moved: MovedSession) {
+    let here = shard.runtime.shard();
+    let tcp = match shard.runtime.adopt(moved.stream) {
+        Ok(tcp) => tcp,
+        Err(error) => {
+            moved.accepted.gateway.live.arriving[here].fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(%error, session.id = moved.session_id, "cannot adopt a moved Agent session; the Agent will reconnect");
+            return;
+        }
+    };
+    let io = TlsIo::from_parts(tcp, moved.tls);
+    let span = tracing::info_span!("agent", peer.addr = %moved.peer, shard = here);
+    shard.runtime.spawn(
+        run_session(
+            Rc::clone(shard),
+            io,
+            moved.accepted,
+            moved.peer,
+            moved.session_id,
+            true,
+        )
+        .instrument(span),
+    );
+}
+
+/// Serves an authenticated Agent session on this shard until it ends. `arrived` is true
+/// for a session that another shard moved here.
+async fn run_session<R: Runtime>(
+    shard: Rc<Shard<R>>,
+    io: TlsIo<R::Tcp>,
+    accepted: handshake::Accepted,
+    peer: SocketAddr,
+    session_id: u64,
+    arrived: bool,
+) {
+    let shared = &shard.shared;
     let gateway = Arc::clone(&accepted.gateway);
     let gateway_id = gateway.config.id.clone();
     let span = tracing::info_span!(
@@ -604,9 +738,6 @@ async fn serve_agent<R: Runtime>(
         gateway.id = %gateway_id,
         agent.name = %accepted.agent_name
     );
-    // TODO: move a new session to the shard with the fewest sessions of its gateway. The
-    // kernel's SO_REUSEPORT hash can put all of an Agent's sessions on one shard, which then
-    // relays every stream while the others only accept and hand off.
     let session = Session::new(session_id, Mux::new(Role::Server, MuxConfig::default()));
     shard
         .sessions
@@ -619,6 +750,9 @@ async fn serve_agent<R: Runtime>(
             key: accepted.key_fingerprint.clone(),
         });
     gateway.live.per_shard[shard.runtime.shard()].fetch_add(1, Ordering::AcqRel);
+    if arrived {
+        gateway.live.arriving[shard.runtime.shard()].fetch_sub(1, Ordering::AcqRel);
+    }
     shared.stats.sessions.increment();
 
     // An Agent that reconnects while its old session still looks alive (a link that died
@@ -748,6 +882,18 @@ fn route<R: Runtime>(
         return;
     };
 
+    let here = shard.runtime.shard();
+    if may_hand_off && !SHARED_LISTENERS {
+        // Only this shard accepts entry connections, so it spreads them round robin over
+        // the shards that run a session of the gateway, itself included.
+        if let Some(target) = next_shard_with_session(&gateway.live, None) {
+            if target != here {
+                hand_off(shard, tcp, peer, gateway_id, service, target);
+                return;
+            }
+        }
+    }
+
     if let Some(session) = pick_session(shard, gateway_id) {
         let id = match session.open_stream(service) {
             Ok(id) => id,
@@ -786,31 +932,8 @@ fn route<R: Runtime>(
     }
 
     if may_hand_off {
-        let live = &gateway.live;
-        let shards = live.per_shard.len();
-        let start = live.next_shard.fetch_add(1, Ordering::Relaxed);
-        let here = shard.runtime.shard();
-        let target = (0..shards)
-            .map(|offset| (start + offset) % shards)
-            .find(|&other| other != here && live.per_shard[other].load(Ordering::Acquire) > 0);
-        if let Some(target) = target {
-            match shard.runtime.release(tcp) {
-                Ok(stream) => {
-                    let handoff = Handoff {
-                        stream,
-                        peer,
-                        gateway: gateway_id.to_owned(),
-                        service: service.to_owned(),
-                    };
-                    if shared.messages[target]
-                        .send(ShardMessage::Handoff(handoff))
-                        .is_ok()
-                    {
-                        shared.stats.handoffs.increment();
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "cannot hand over an entry connection"),
-            }
+        if let Some(target) = next_shard_with_session(&gateway.live, Some(here)) {
+            hand_off(shard, tcp, peer, gateway_id, service, target);
             return;
         }
     }
@@ -820,6 +943,46 @@ fn route<R: Runtime>(
         gateway.id = %gateway_id, service = %service, peer.addr = %peer, closed_total = total,
         "no Agent of this gateway is connected; entry connection closed"
     );
+}
+
+/// Returns the next shard, round robin, that runs a session of the gateway with `live`
+/// counts, skipping `except`.
+fn next_shard_with_session(live: &LiveCounts, except: Option<usize>) -> Option<usize> {
+    let shards = live.per_shard.len();
+    let start = live.next_shard.fetch_add(1, Ordering::Relaxed);
+    (0..shards)
+        .map(|offset| (start + offset) % shards)
+        .find(|&other| Some(other) != except && live.per_shard[other].load(Ordering::Acquire) > 0)
+}
+
+/// Sends an entry connection to shard `target`, which routes it without handing it off again.
+fn hand_off<R: Runtime>(
+    shard: &Shard<R>,
+    tcp: R::Tcp,
+    peer: SocketAddr,
+    gateway_id: &str,
+    service: &str,
+    target: usize,
+) {
+    let stream = match shard.runtime.release(tcp) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, gateway.id = %gateway_id, peer.addr = %peer, "cannot hand over an entry connection");
+            return;
+        }
+    };
+    let handoff = Handoff {
+        stream,
+        peer,
+        gateway: gateway_id.to_owned(),
+        service: service.to_owned(),
+    };
+    if shard.shared.messages[target]
+        .send(ShardMessage::Handoff(handoff))
+        .is_ok()
+    {
+        shard.shared.stats.handoffs.increment();
+    }
 }
 
 /// Picks the next accepting session of `gateway_id` on this shard, round robin.
