@@ -19,6 +19,7 @@ on_every_backend!(
     two_hundred_concurrent_echo_streams,
     lost_agent_resets_entry_connection,
     sessions_spread_over_server_shards,
+    names_resolve_for_server_and_targets,
 );
 
 const STARTUP: Duration = Duration::from_secs(20);
@@ -360,4 +361,22 @@ fn sessions_spread_over_server_shards(backends: Backends) {
         0,
         "an entry connection found no session"
     );
+}
+
+/// The Agent dials the Server and a private target by DNS name (`localhost`, from the
+/// hosts file), with the lookups on their own threads.
+fn names_resolve_for_server_and_targets(backends: Backends) {
+    let mut env = Env::new(backends);
+    env.agent_server_host = "localhost";
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let service = TestService::start(echo);
+    let entry = free_port();
+    env.start_gateway(&public, "127.0.0.0/8", &[("echo", entry)]);
+    env.start_agent(
+        "agent-1",
+        "gw",
+        &private,
+        &[("echo", format!("localhost:{}", service.port))],
+    );
+    wait_until_routed(entry, STARTUP);
 }

@@ -530,7 +530,7 @@ async fn log_in<R: Runtime>(runtime: &R, agent: &AgentShared) -> Report {
     let file = agent.config_file.display();
 
     // Resolve and connect, as the running Agent does.
-    let addresses = match super::resolve(&config.server) {
+    let addresses = match super::resolve(&config.server).await {
         Ok(addresses) if !addresses.is_empty() => addresses,
         Ok(_) => {
             report.push(

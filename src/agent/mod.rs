@@ -153,15 +153,26 @@ fn rejection_hint(agent: &AgentShared, reason: RejectReason) -> String {
 
 /// Resolves `endpoint` (DNS names included) to socket addresses.
 ///
-/// NOTE: name resolution uses the blocking system resolver and stalls this shard while it
-/// runs; IP literals never block.
-fn resolve(endpoint: &Endpoint) -> std::io::Result<Vec<SocketAddr>> {
+/// The system resolver blocks, so a name is looked up on a thread of its own and the shard
+/// keeps relaying meanwhile. IP literals skip the lookup.
+pub(crate) async fn resolve(endpoint: &Endpoint) -> std::io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = endpoint.host.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, endpoint.port)]);
     }
-    Ok((endpoint.host.as_str(), endpoint.port)
-        .to_socket_addrs()?
-        .collect())
+    let (sender, receiver) = flume::bounded(1);
+    let name = (endpoint.host.clone(), endpoint.port);
+    std::thread::Builder::new()
+        .name("ipaas-resolve".into())
+        .spawn(move || {
+            let result = name
+                .to_socket_addrs()
+                .map(|addresses| addresses.collect::<Vec<_>>());
+            let _ = sender.send(result);
+        })?;
+    receiver
+        .recv_async()
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the name lookup thread ended early")))
 }
 
 /// Dials the addresses of `endpoint` in turn and returns the first connection made within `limit`.
@@ -174,7 +185,11 @@ async fn dial<R: Runtime>(
         std::io::ErrorKind::NotFound,
         format!("{endpoint} resolved to no address"),
     ));
-    for addr in resolve(endpoint)? {
+    let addresses = match timeout(runtime, limit, resolve(endpoint)).await {
+        Some(addresses) => addresses?,
+        None => return Err(SessionError::Timeout("name lookup")),
+    };
+    for addr in addresses {
         match timeout(runtime, limit, runtime.connect(addr)).await {
             Some(Ok(tcp)) => return Ok(tcp),
             Some(Err(error)) => last_error = SessionError::Io(error),

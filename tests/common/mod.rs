@@ -194,6 +194,8 @@ pub struct Env {
     pub server_extra: String,
     /// Shards (sessions) per Agent.
     pub agent_shards: usize,
+    /// Host name or address the Agents dial the Server at.
+    pub agent_server_host: &'static str,
     pub server: Option<Process>,
     pub agents: Vec<Process>,
 }
@@ -217,6 +219,7 @@ impl Env {
             agent_dial_port: None,
             server_extra: String::new(),
             agent_shards: 2,
+            agent_server_host: "127.0.0.1",
             server: None,
             agents: Vec::new(),
         }
@@ -328,8 +331,9 @@ impl Env {
         std::fs::copy(private_key, root.join("configs/secret/private.pem")).unwrap();
 
         let mut yaml = format!(
-            "server: {{address: \"127.0.0.1:{}\", tls_name: localhost}}\ngateway_id: {gateway_id}\nagent_name: {name}\n\
+            "server: {{address: \"{}:{}\", tls_name: localhost}}\ngateway_id: {gateway_id}\nagent_name: {name}\n\
              runtime: {{shards: {}, backend: {}}}\nreconnect: {{initial: 200ms, max: 2s}}\nconnect_timeout: 2s\n",
+            self.agent_server_host,
             self.agent_dial_port.unwrap_or(self.agent_port),
             self.agent_shards,
             self.backends.agent
