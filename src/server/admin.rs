@@ -8,7 +8,8 @@
 //! `GET|POST /gateways`, `GET|PATCH|DELETE /gateways/{id}`, `POST /gateways/{id}/keys`,
 //! `DELETE /gateways/{id}/keys/{fingerprint}`, `PUT /gateways/{id}/allow`,
 //! `POST /gateways/{id}/services`, `PATCH|DELETE /gateways/{id}/services/{name}`,
-//! `GET /gateways/{id}/package?format=tar.gz|zip`. See docs/admin-api.md.
+//! `GET /gateways/{id}/package?format=tar.gz|zip`. `GET /metrics` (same token) serves
+//! Prometheus metrics. See docs/admin-api.md.
 
 use std::collections::HashSet;
 use std::io::{Cursor, Read};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
+use super::metrics::Metrics;
 use super::package::{self, PackageFormat, PackageService, PackageSpec};
 use super::ServerShared;
 use crate::config::server::AdminConfig;
@@ -146,14 +148,15 @@ pub fn spawn(shared: Arc<ServerShared>, config: AdminConfig) -> anyhow::Result<(
     std::thread::Builder::new()
         .name("ipaas-admin".into())
         .spawn(move || {
+            let metrics = Metrics::new(&shared.stats);
             for request in server.incoming_requests() {
-                handle(&shared, &config, request);
+                handle(&shared, &metrics, &config, request);
             }
         })?;
     Ok(())
 }
 
-fn handle(shared: &ServerShared, config: &AdminConfig, mut request: Request) {
+fn handle(shared: &ServerShared, metrics: &Metrics, config: &AdminConfig, mut request: Request) {
     let method = request.method().clone();
     let url = request.url().to_owned();
     let peer = request.remote_addr().copied();
@@ -174,6 +177,9 @@ fn handle(shared: &ServerShared, config: &AdminConfig, mut request: Request) {
             Ok(_) if body.len() as u64 > MAX_BODY => {
                 Err(ApiError::new(413, "request body over 1 MiB"))
             }
+            Ok(_) if method == Method::Get && path_of(&url) == "/metrics" => {
+                Ok(Reply::Metrics(metrics.render(shared)))
+            }
             Ok(_) => route(shared, &method, &url, &body),
             Err(error) => Err(ApiError::new(
                 400,
@@ -185,6 +191,12 @@ fn handle(shared: &ServerShared, config: &AdminConfig, mut request: Request) {
     let result = match response {
         Ok(Reply::Json(status, value)) => request.respond(json_response(status, &value)),
         Ok(Reply::Empty) => request.respond(Response::empty(204)),
+        Ok(Reply::Metrics(text)) => {
+            request.respond(Response::from_string(text).with_header(header(
+                "Content-Type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )))
+        }
         Ok(Reply::File {
             name,
             content_type,
@@ -241,6 +253,8 @@ fn authorized(request: &Request, config: &AdminConfig) -> bool {
 enum Reply {
     Json(u16, serde_json::Value),
     Empty,
+    /// Metrics in the OpenMetrics text format.
+    Metrics(String),
     File {
         name: String,
         content_type: &'static str,

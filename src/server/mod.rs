@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod cli;
 mod handshake;
+pub mod metrics;
 pub mod package;
 
 use std::cell::{Cell, RefCell};
@@ -59,6 +60,12 @@ pub struct ServerStats {
     pub sessions_moved: Counter,
     /// Agent connections closed by the per-source rate limit.
     pub rate_limited: Counter,
+    /// Bytes read from entry connections and relayed to Agents.
+    pub entry_bytes_received: Counter,
+    /// Bytes relayed from Agents and written to entry connections.
+    pub entry_bytes_sent: Counter,
+    /// Time from accepting an Agent connection to its Welcome.
+    pub handshake_seconds: metrics::HandshakeTimes,
 }
 
 /// Live sessions of one gateway per shard; kept across registry changes.
@@ -132,6 +139,8 @@ pub struct ServerShared {
     shards: usize,
     messages: Vec<flume::Sender<ShardMessage>>,
     next_session: AtomicU64,
+    /// Handshakes in progress on all shards, for the metrics.
+    pending_handshakes: AtomicUsize,
 }
 
 impl ServerShared {
@@ -155,6 +164,7 @@ impl ServerShared {
             shards,
             messages: senders,
             next_session: AtomicU64::new(1),
+            pending_handshakes: AtomicUsize::new(0),
         });
         shared.reload()?;
         Ok((shared, receivers))
@@ -471,6 +481,10 @@ async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
         let id = shard.next_pending.get();
         shard.next_pending.set(id + 1);
         let evict = Trigger::new();
+        shard
+            .shared
+            .pending_handshakes
+            .fetch_add(1, Ordering::Relaxed);
         shard.pending.borrow_mut().insert(
             id,
             PendingHandshake {
@@ -482,6 +496,16 @@ async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
         shard
             .runtime
             .spawn(serve_agent(Rc::clone(&shard), tcp, peer, id, evict).instrument(span));
+    }
+}
+
+/// Forgets handshake `id` once it has ended, unless [`make_room`] already closed it.
+fn finish_pending<R: Runtime>(shard: &Shard<R>, id: u64) {
+    if shard.pending.borrow_mut().remove(&id).is_some() {
+        shard
+            .shared
+            .pending_handshakes
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -516,6 +540,10 @@ fn make_room<R: Runtime>(shard: &Shard<R>, peer: SocketAddr) -> bool {
         return false;
     }
     oldest.remove().evict.fire();
+    shard
+        .shared
+        .pending_handshakes
+        .fetch_sub(1, Ordering::Relaxed);
     let total = stats.unauthenticated_evicted.increment();
     tracing::debug!(peer.addr = %peer, evicted_total = total, "too many handshakes in progress; closed the oldest");
     true
@@ -572,12 +600,13 @@ async fn serve_agent<R: Runtime>(
         Ok(tls) => tls,
         Err(error) => {
             tracing::error!(%error, "cannot create a TLS session");
-            shard.pending.borrow_mut().remove(&pending_id);
+            finish_pending(&shard, pending_id);
             return;
         }
     };
     let mut io = TlsIo::new(tcp, rustls::Connection::Server(tls));
     let session_id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
 
     let outcome = futures_lite::future::or(
         async {
@@ -594,10 +623,13 @@ async fn serve_agent<R: Runtime>(
         },
     )
     .await;
-    shard.pending.borrow_mut().remove(&pending_id);
+    finish_pending(&shard, pending_id);
 
     let accepted = match outcome {
-        Some(Ok(accepted)) => accepted,
+        Some(Ok(accepted)) => {
+            shared.stats.handshake_seconds.observe(started.elapsed());
+            accepted
+        }
         Some(Err(error)) => {
             // Scanners and junk fail here all the time: warn at powers of two only.
             let total = shared.stats.handshake_failures.increment();
@@ -913,9 +945,13 @@ fn route<R: Runtime>(
         );
         let pool = Rc::clone(&shard.pool);
         let runtime = shard.runtime.clone();
+        let shared_stats = Arc::clone(shared);
         shard.runtime.spawn(
             async move {
                 let (end, stats, tcp) = stream::relay(session, id, tcp, pool).await;
+                let totals = &shared_stats.stats;
+                totals.entry_bytes_received.add(stats.sent);
+                totals.entry_bytes_sent.add(stats.received);
                 if end != stream::StreamEnd::Finished {
                     runtime.abort(tcp);
                 }

@@ -6,8 +6,6 @@
 
 mod log_file;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -69,18 +67,29 @@ pub fn init(config: &LoggerConfig, to_stderr: bool) -> anyhow::Result<Option<Wor
     Ok(guard)
 }
 
-/// A monotonically increasing counter shared by all shards.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// A monotonically increasing counter shared by all shards, exported as a Prometheus
+/// counter by the Server's admin API.
+#[derive(Debug, Default, Clone)]
+pub struct Counter(prometheus_client::metrics::counter::Counter);
 
 impl Counter {
     /// Adds one and returns the new total.
     pub fn increment(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed) + 1
+        self.0.inc() + 1
+    }
+
+    /// Adds `amount`.
+    pub fn add(&self, amount: u64) {
+        self.0.inc_by(amount);
     }
 
     /// Current total.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
+    }
+
+    /// Returns the Prometheus metric behind this counter, which shares its count.
+    pub fn metric(&self) -> prometheus_client::metrics::counter::Counter {
+        self.0.clone()
     }
 }
