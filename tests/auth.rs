@@ -21,6 +21,7 @@ on_every_backend!(
     service_missing_from_agent_is_reset,
     key_of_1024_bits_works_with_warning,
     start_and_stop_scripts,
+    stop_file_drains_like_sigterm,
 );
 
 fn wrong_key_is_rejected(backends: Backends) {
@@ -236,4 +237,45 @@ fn certificate_of_another_gateway_is_rejected(backends: Backends) {
         server_log.contains("issued for gateway `gw-other`"),
         "{server_log}"
     );
+}
+
+/// `--stop-file`, which `stop.bat` relies on: creating the file drains an open stream and
+/// stops the Agent as SIGTERM does. A stop file left from an earlier run is removed at start.
+fn stop_file_drains_like_sigterm(backends: Backends) {
+    let mut env = Env::new(backends);
+    let (private, public) = openssl_keys(&env.path("keys"), 2048);
+    let service = TestService::start(echo);
+    let entry = free_port();
+    env.start_gateway(&public, "127.0.0.0/8", &[("echo", entry)]);
+    let root = env.path("agents/agent-1");
+    let stop_file = root.join("log/agent.stop");
+    std::fs::create_dir_all(root.join("log")).unwrap();
+    std::fs::write(&stop_file, "").unwrap();
+    env.agent_args = vec!["--stop-file".into(), "{root}/log/agent.stop".into()];
+    env.start_agent("agent-1", "gw", &private, &[("echo", service.target())]);
+    wait_until_routed(entry, LIMIT);
+    let log = root.join("log/agent.log");
+    assert!(read_log(&log).contains("removed a stop file left from an earlier run"));
+
+    let mut stream = TcpStream::connect(("127.0.0.1", entry)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"before stop").unwrap();
+    let mut echoed = [0u8; 11];
+    stream.read_exact(&mut echoed).unwrap();
+
+    std::fs::write(&stop_file, "").unwrap();
+    wait_for_log(&log, "stop file found; draining sessions", LIMIT);
+    stream.write_all(b" and after").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b" and after");
+
+    let agent = &mut env.agents[0];
+    wait_for("the Agent to exit", LIMIT, || !agent.is_running());
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "the Agent exited with {status}");
+    assert!(!stop_file.exists(), "the Agent left its stop file behind");
 }

@@ -14,7 +14,7 @@ if exist "%ROOT%\log\agent.pid" (
 )
 powershell -NoProfile -Command ^
   "$p = Start-Process -FilePath '%BIN%' -WorkingDirectory '%ROOT%' -WindowStyle Hidden -PassThru" ^
-  " -ArgumentList '--config','%ROOT%\configs\config.yaml','--logger','%ROOT%\configs\logger_config.yaml'" ^
+  " -ArgumentList '--config','%ROOT%\configs\config.yaml','--logger','%ROOT%\configs\logger_config.yaml','--stop-file','%ROOT%\log\agent.stop'" ^
   " -RedirectStandardError '%ROOT%\log\agent.console.log';" ^
   " Start-Sleep -Seconds 1;" ^
   " if ($p.HasExited) { Write-Error 'the Agent exited right after starting; see log\agent.console.log'; exit 1 }" ^

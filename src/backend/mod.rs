@@ -12,6 +12,8 @@ pub mod tokio;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -215,11 +217,16 @@ pub const SHARED_LISTENERS: bool = cfg!(target_os = "linux");
 
 /// Installs a SIGINT/SIGTERM handler and returns the receiver every shard watches: it
 /// disconnects on the first signal. A second signal exits at once.
-pub fn install_shutdown_handler() -> anyhow::Result<flume::Receiver<()>> {
+///
+/// With `stop_file`, the file appearing counts as the first signal too. Windows gives a
+/// program started in the background no console signal, so `stop.bat` creates the file
+/// instead. A stop file left from before this start is removed first.
+pub fn install_shutdown_handler(stop_file: Option<PathBuf>) -> anyhow::Result<flume::Receiver<()>> {
     let (sender, receiver) = flume::bounded::<()>(1);
-    let sender = std::sync::Mutex::new(Some(sender));
+    let sender = Arc::new(Mutex::new(Some(sender)));
+    let on_signal = Arc::clone(&sender);
     ctrlc::set_handler(move || {
-        let mut sender = sender
+        let mut sender = on_signal
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if sender.is_none() {
@@ -231,7 +238,42 @@ pub fn install_shutdown_handler() -> anyhow::Result<flume::Receiver<()>> {
         sender.take();
     })
     .map_err(|error| anyhow::anyhow!("cannot install the signal handler: {error}"))?;
+
+    if let Some(path) = stop_file {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::warn!(stop_file = %path.display(), "removed a stop file left from an earlier run")
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => anyhow::bail!(
+                "cannot remove the old stop file {}: {error}; delete it by hand and start again",
+                path.display()
+            ),
+        }
+        std::thread::Builder::new()
+            .name("ipaas-stop-file".into())
+            .spawn(move || watch_stop_file(&path, &sender))?;
+    }
     Ok(receiver)
+}
+
+/// Checks every 200 ms whether `path` exists; when it does, removes it and drops `sender`
+/// as a first signal would.
+fn watch_stop_file(path: &Path, sender: &Mutex<Option<flume::Sender<()>>>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if !path.exists() {
+            continue;
+        }
+        let _ = std::fs::remove_file(path);
+        let mut sender = sender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sender.take().is_some() {
+            tracing::info!(stop_file = %path.display(), "stop file found; draining sessions");
+        }
+        return;
+    }
 }
 
 /// Returns a shard-local trigger that fires when `signal` disconnects.

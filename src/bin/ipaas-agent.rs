@@ -62,6 +62,10 @@ struct RunArgs {
     /// How long in-flight streams may run after SIGTERM before the session closes.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// A file whose creation stops the Agent as SIGTERM does: in-flight streams drain first.
+    /// scripts/windows/start.bat passes log\agent.stop, which stop.bat creates.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -143,7 +147,7 @@ fn run(cli: RunArgs) -> anyhow::Result<()> {
     rand::rngs::OsRng.fill_bytes(&mut instance_id);
     let shards = config::shard_count(cli.shards.unwrap_or(config.runtime.shards));
     let (backend, reason) = backend::select(cli.backend.unwrap_or(config.runtime.backend))?;
-    let shutdown = backend::install_shutdown_handler()?;
+    let shutdown = backend::install_shutdown_handler(cli.stop_file.clone())?;
     tracing::info!(
         gateway.id = %config.gateway_id, agent.name = %config.agent_name, server.addr = %config.server,
         shards, services = config.services.len(), key.fingerprint = %key.fingerprint(),

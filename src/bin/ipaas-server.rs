@@ -373,7 +373,7 @@ fn run(
     let (backend, reason) = backend::select(backend.unwrap_or(config.runtime.backend))?;
     let registry = open_registry(&config)?;
     let admin = config.admin.clone();
-    let shutdown = backend::install_shutdown_handler()?;
+    let shutdown = backend::install_shutdown_handler(None)?;
     let (shared, handoffs) = ServerShared::new(config, tls, registry, shards)?;
     if let Some(admin) = admin {
         server::admin::spawn(Arc::clone(&shared), admin)?;

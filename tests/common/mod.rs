@@ -196,6 +196,8 @@ pub struct Env {
     pub agent_shards: usize,
     /// Host name or address the Agents dial the Server at.
     pub agent_server_host: &'static str,
+    /// Extra command-line arguments for the Agents; `{root}` becomes the Agent's folder.
+    pub agent_args: Vec<String>,
     pub server: Option<Process>,
     pub agents: Vec<Process>,
 }
@@ -220,6 +222,7 @@ impl Env {
             server_extra: String::new(),
             agent_shards: 2,
             agent_server_host: "127.0.0.1",
+            agent_args: Vec::new(),
             server: None,
             agents: Vec::new(),
         }
@@ -358,6 +361,11 @@ impl Env {
             self.command(AGENT_BIN)
                 .arg("--config")
                 .arg(root.join("configs/config.yaml"))
+                .args(
+                    self.agent_args
+                        .iter()
+                        .map(|arg| arg.replace("{root}", &root.display().to_string())),
+                )
                 .stdout(Stdio::null())
                 .stderr(console),
         ));
