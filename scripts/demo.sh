@@ -42,8 +42,9 @@ done
 
 step "Building (cargo build --release)"
 cargo build --release --manifest-path "$REPO/Cargo.toml"
-SERVER_BIN="$REPO/target/release/ipaas-server"
-AGENT_BIN="$REPO/target/release/ipaas-agent"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+SERVER_BIN="$TARGET_DIR/release/ipaas-server"
+AGENT_BIN="$TARGET_DIR/release/ipaas-agent"
 
 cleanup
 rm -rf "$DEMO"

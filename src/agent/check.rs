@@ -613,6 +613,19 @@ async fn log_in<R: Runtime>(runtime: &R, agent: &AgentShared) -> Report {
                 config.server_name
             ),
         ),
+        // A Server that sheds load closes the connection before its first TLS record, which
+        // says nothing about the TLS files.
+        Some(Err(SessionError::PeerClosed)) => {
+            report.push(
+                Status::Failed,
+                "server",
+                format!(
+                    "{} closed the connection during the TLS handshake; the Server may be turning away new connections (its handshake cap or per-source rate limit) or this address may be blocked in front of it: try again, and check the Server's log",
+                    config.server
+                ),
+            );
+            return report;
+        }
         Some(Err(error)) => {
             report.push(
                 Status::Failed,
