@@ -350,3 +350,38 @@ fn flood_from_many_addresses_spares_live_sessions() {
         "the Server logged no failed handshake"
     );
 }
+
+/// Idle connections from 100 addresses at 400 per second, against a cap of 16 handshakes
+/// per shard: every slot is always taken by a connection younger than a second. The Server
+/// closes the oldest idle one for each new connection, so a new Agent logs in at once.
+#[test]
+fn idle_flood_cannot_hold_the_handshake_cap() {
+    use common::flood::{Flood, FloodKind, SinkGateway};
+
+    let mut gateway = SinkGateway::start_with(Backends::TOKIO, "max_unauthenticated: 16\n");
+    let settings = common::flood::FloodSettings {
+        kinds: &[FloodKind::Idle],
+        ..gateway.flood(400, Duration::from_secs(60))
+    };
+    let flood = Flood::start(&settings);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let root = gateway.start_agent("agent-2");
+    let agent_log = root.join("log/agent.log");
+    wait_for("both shards of the new Agent", LIMIT, || {
+        count_in_log(&agent_log, "session established") >= 2
+    });
+    let counts = flood.stop();
+    let failed = count_in_log(&agent_log, "session failed");
+    let evicted = count_in_log(
+        &gateway.env.server_log(),
+        "closed the oldest idle or slow one",
+    );
+    eprintln!("new Agent: {failed} failures; {evicted} idle connections closed; flood {counts:?}");
+    assert!(counts.connected > 500, "the flood made only {counts:?}");
+    assert!(evicted > 0, "no idle connection was closed to make room");
+    assert!(
+        failed <= 2,
+        "the new Agent failed {failed} times before logging in"
+    );
+}

@@ -13,9 +13,10 @@ pub mod cli;
 mod handshake;
 pub mod metrics;
 pub mod package;
+mod pending;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +34,7 @@ use crate::registry::{self, GatewayRecord, Registry, RegistryError};
 use crate::relay::tls::{TlsIo, TlsState};
 use crate::relay::{session, stream, BufferPool, Session, Trigger};
 use crate::telemetry::Counter;
+use pending::PendingHandshakes;
 
 const BUFFER_SIZE: usize = 32 * 1024;
 const MAX_IDLE_BUFFERS: usize = 1024;
@@ -249,7 +251,7 @@ struct Shard<R: Runtime> {
     listeners: RefCell<HashMap<ListenerKey, Rc<Trigger>>>,
     next_session: Cell<usize>,
     /// Handshakes in progress on this shard, oldest first.
-    pending: RefCell<BTreeMap<u64, PendingHandshake>>,
+    pending: RefCell<PendingHandshakes>,
     next_pending: Cell<u64>,
     /// Token buckets of the per-source handshake rate limit.
     rate: RefCell<HashMap<std::net::IpAddr, Bucket>>,
@@ -276,7 +278,7 @@ pub async fn run_shard<R: Runtime>(
         listeners: RefCell::new(HashMap::new()),
         shared: Arc::clone(&shared),
         next_session: Cell::new(0),
-        pending: RefCell::new(BTreeMap::new()),
+        pending: RefCell::new(PendingHandshakes::default()),
         next_pending: Cell::new(0),
         rate: RefCell::new(HashMap::new()),
         pool: BufferPool::new(BUFFER_SIZE, MAX_IDLE_BUFFERS),
@@ -480,28 +482,27 @@ async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
         }
         let id = shard.next_pending.get();
         shard.next_pending.set(id + 1);
-        let evict = Trigger::new();
         shard
             .shared
             .pending_handshakes
             .fetch_add(1, Ordering::Relaxed);
-        shard.pending.borrow_mut().insert(
-            id,
-            PendingHandshake {
-                since: std::time::Instant::now(),
-                evict: Rc::clone(&evict),
-            },
-        );
+        let evict = shard
+            .pending
+            .borrow_mut()
+            .insert(id, std::time::Instant::now());
         let span = tracing::info_span!("agent", peer.addr = %peer, shard = shard.runtime.shard());
         shard
             .runtime
             .spawn(serve_agent(Rc::clone(&shard), tcp, peer, id, evict).instrument(span));
+        // Let the new handshake read its first bytes before the next accept, so that the
+        // cap tells a connection that sent its ClientHello from an idle one.
+        futures_lite::future::yield_now().await;
     }
 }
 
 /// Forgets handshake `id` once it has ended, unless [`make_room`] already closed it.
 fn finish_pending<R: Runtime>(shard: &Shard<R>, id: u64) {
-    if shard.pending.borrow_mut().remove(&id).is_some() {
+    if shard.pending.borrow_mut().remove(id) {
         shard
             .shared
             .pending_handshakes
@@ -509,43 +510,36 @@ fn finish_pending<R: Runtime>(shard: &Shard<R>, id: u64) {
     }
 }
 
-/// A handshake in progress, with the trigger that closes it early.
-struct PendingHandshake {
-    since: std::time::Instant,
-    evict: Rc<Trigger>,
-}
-
-/// Age from which a handshake in progress may be closed to make room for a new connection.
-/// An Agent's handshake takes about three round trips and one RSA signature, so on links
-/// with a round trip under 500 ms it finishes before this age.
-const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
-
 /// Applies the cap on handshakes in progress and returns whether a connection from `peer`
-/// may start one.
-///
-/// When the cap is reached, the oldest handshake makes room if it has run for
-/// [`EVICTABLE_AFTER`]: idle connections that hold slots until the handshake timeout then
-/// cannot lock Agents out. Otherwise the new connection is closed, so a crowd of Agents
-/// logging in at once still finishes the handshakes already started.
+/// may start one. When the cap is reached, [`PendingHandshakes::evict_for_new`] closes an
+/// idle or slow handshake to make room, or the new connection is closed.
 fn make_room<R: Runtime>(shard: &Shard<R>, peer: SocketAddr) -> bool {
+    let config = &shard.shared.config;
     let mut pending = shard.pending.borrow_mut();
-    if pending.len() < shard.shared.config.max_unauthenticated {
+    if pending.len() < config.max_unauthenticated {
         return true;
     }
     let stats = &shard.shared.stats;
-    let oldest = pending.first_entry().expect("the cap is at least 1");
-    if oldest.get().since.elapsed() < EVICTABLE_AFTER {
+    let spoken_grace = config.handshake_timeout / 2;
+    let Some(reason) = pending.evict_for_new(std::time::Instant::now(), spoken_grace) else {
         let total = stats.unauthenticated_dropped.increment();
-        tracing::debug!(peer.addr = %peer, dropped_total = total, "too many handshakes in progress; connection closed");
+        if total.is_power_of_two() {
+            tracing::warn!(peer.addr = %peer, dropped_total = total, max_unauthenticated = config.max_unauthenticated, "too many handshakes in progress; connection closed (raise max_unauthenticated if these are Agents)");
+        } else {
+            tracing::debug!(peer.addr = %peer, dropped_total = total, "too many handshakes in progress; connection closed");
+        }
         return false;
-    }
-    oldest.remove().evict.fire();
+    };
     shard
         .shared
         .pending_handshakes
         .fetch_sub(1, Ordering::Relaxed);
     let total = stats.unauthenticated_evicted.increment();
-    tracing::debug!(peer.addr = %peer, evicted_total = total, "too many handshakes in progress; closed the oldest");
+    if total.is_power_of_two() {
+        tracing::warn!(peer.addr = %peer, evicted_total = total, ?reason, "too many handshakes in progress; closed the oldest idle or slow one");
+    } else {
+        tracing::debug!(peer.addr = %peer, evicted_total = total, ?reason, "too many handshakes in progress; closed the oldest idle or slow one");
+    }
     true
 }
 
@@ -610,11 +604,11 @@ async fn serve_agent<R: Runtime>(
 
     let outcome = futures_lite::future::or(
         async {
-            timeout(
-                &shard.runtime,
-                shared.config.handshake_timeout,
-                handshake::authenticate(&mut io, shared, peer, session_id),
-            )
+            timeout(&shard.runtime, shared.config.handshake_timeout, async {
+                io.receive_first().await?;
+                shard.pending.borrow_mut().mark_spoken(pending_id);
+                handshake::authenticate(&mut io, shared, peer, session_id).await
+            })
             .await
         },
         async {

@@ -22,10 +22,9 @@ pub struct FloodSettings {
     pub target: SocketAddr,
     /// Number of source addresses, from 127.0.0.2 up.
     pub sources: u8,
-    /// New connections per second over all workers. They rotate over three kinds: idle
-    /// (connects and sends nothing), junk (sends bytes that are not TLS) and TLS without a
-    /// client certificate (a full handshake that the Server then rejects).
+    /// New connections per second over all workers, rotating over `kinds`.
     pub rate: u32,
+    pub kinds: &'static [FloodKind],
     /// Maximum number of idle connections kept open. The oldest is closed to make room.
     pub idle_limit: usize,
     /// CA certificate that the TLS attempts trust.
@@ -33,6 +32,21 @@ pub struct FloodSettings {
     /// The flood stops by itself after this long.
     pub max_duration: Duration,
 }
+
+/// A kind of connection a flood makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloodKind {
+    /// Connects and sends nothing.
+    Idle,
+    /// Sends bytes that are not TLS, then closes.
+    Junk,
+    /// A TLS handshake without a client certificate, which the Server rejects after doing
+    /// its own part of the handshake.
+    Tls,
+}
+
+/// Every kind of flood connection.
+pub const ALL_KINDS: &[FloodKind] = &[FloodKind::Idle, FloodKind::Junk, FloodKind::Tls];
 
 /// Outcomes of the connections a flood made.
 #[derive(Debug, Default, Clone, Copy)]
@@ -119,7 +133,7 @@ fn flood_worker(
         next = (next + interval).max(now);
 
         let source = Ipv4Addr::new(127, 0, 0, 2 + (index % usize::from(settings.sources)) as u8);
-        let kind = index / WORKERS % 3;
+        let kind = settings.kinds[index / WORKERS % settings.kinds.len()];
         index += WORKERS;
         counts.attempts += 1;
         let Some(mut tcp) = connect_from(source, settings.target) else {
@@ -127,17 +141,17 @@ fn flood_worker(
         };
         counts.connected += 1;
         match kind {
-            0 => {
+            FloodKind::Idle => {
                 idle.push_back(tcp);
                 if idle.len() > settings.idle_limit / WORKERS {
                     idle.pop_front();
                 }
             }
-            1 => {
+            FloodKind::Junk => {
                 let _ = tcp.write_all(b"\x16\x03\x01\x02\x00 this is not a ClientHello");
                 let _ = tcp.shutdown(Shutdown::Both);
             }
-            _ => {
+            FloodKind::Tls => {
                 if tls_attempt(tcp, &tls) {
                     counts.tls_completed += 1;
                 }
@@ -255,7 +269,13 @@ pub struct SinkGateway {
 
 impl SinkGateway {
     pub fn start(backends: Backends) -> Self {
+        Self::start_with(backends, "")
+    }
+
+    /// Starts the gateway with `server_extra` added to the Server's config.
+    pub fn start_with(backends: Backends, server_extra: &str) -> Self {
         let mut env = Env::new(backends);
+        env.server_extra = server_extra.to_owned();
         let (private_key, public_key) = openssl_keys(&env.path("keys"), 2048);
         let received = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&received);
@@ -285,13 +305,14 @@ impl SinkGateway {
             .start_agent(name, "gw", &self.private_key, &[("sink", target)])
     }
 
-    /// Returns the flood settings used with this gateway: 100 source addresses and at most
-    /// 4,000 idle connections.
+    /// Returns the flood settings used with this gateway: every kind of connection from 100
+    /// source addresses, at most 4,000 of them idle.
     pub fn flood(&self, rate: u32, max_duration: Duration) -> FloodSettings {
         FloodSettings {
             target: ([127, 0, 0, 1], self.env.agent_port).into(),
             sources: 100,
             rate,
+            kinds: ALL_KINDS,
             idle_limit: 4000,
             ca: self.env.path("server/pki/ca.pem"),
             max_duration,
