@@ -74,8 +74,12 @@ pub struct ServerStats {
 #[derive(Debug)]
 pub struct LiveCounts {
     per_shard: Vec<AtomicUsize>,
-    /// Sessions on their way to each shard (see [`ShardMessage::Session`]).
+    /// Sessions placed on each shard that it does not run yet: they are on their way to it
+    /// (see [`ShardMessage::Session`]) or about to start there.
     arriving: Vec<AtomicUsize>,
+    /// Serializes placement decisions, so that sessions authenticated at the same moment on
+    /// different shards still spread evenly. Taken once per new session, never per stream.
+    placement: Mutex<()>,
     next_shard: AtomicUsize,
 }
 
@@ -201,6 +205,7 @@ impl ServerShared {
                 Arc::new(LiveCounts {
                     per_shard: (0..self.shards).map(|_| AtomicUsize::new(0)).collect(),
                     arriving: (0..self.shards).map(|_| AtomicUsize::new(0)).collect(),
+                    placement: Mutex::new(()),
                     next_shard: AtomicUsize::new(0),
                 })
             });
@@ -650,17 +655,22 @@ async fn serve_agent<R: Runtime>(
     // The kernel's SO_REUSEPORT hash, or a single accepting shard on macOS and Windows, can
     // put all sessions of a gateway on one shard, which would then relay all its streams.
     let here = shard.runtime.shard();
-    let target = balance_target(&accepted.gateway.live, here);
+    let target = place_session(&accepted.gateway.live, here);
     if target == here {
-        run_session(shard, io, accepted, peer, session_id, false).await;
+        run_session(shard, io, accepted, peer, session_id).await;
     } else {
         move_session(&shard, io, accepted, peer, session_id, target).await;
     }
 }
 
-/// Returns the shard that should run a new session of the gateway with `live` counts: the
-/// one with the fewest sessions of that gateway, `here` on a tie.
-fn balance_target(live: &LiveCounts, here: usize) -> usize {
+/// Chooses the shard that runs a new session of the gateway with `live` counts, the one with
+/// the fewest sessions of that gateway (`here` on a tie), and counts the session as arriving
+/// there. [`run_session`] turns it into a running one.
+fn place_session(live: &LiveCounts, here: usize) -> usize {
+    let _placing = live
+        .placement
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut target = here;
     let mut fewest = live.load(here);
     for shard in 0..live.per_shard.len() {
@@ -669,6 +679,7 @@ fn balance_target(live: &LiveCounts, here: usize) -> usize {
             (target, fewest) = (shard, load);
         }
     }
+    live.arriving[target].fetch_add(1, Ordering::AcqRel);
     target
 }
 
@@ -681,8 +692,10 @@ async fn move_session<R: Runtime>(
     session_id: u64,
     target: usize,
 ) {
+    let live = Arc::clone(&accepted.gateway.live);
     // Write out the Welcome first, so that the socket changes owner with nothing pending.
     if let Err(error) = std::future::poll_fn(|cx| io.poll_flush(cx)).await {
+        live.arriving[target].fetch_sub(1, Ordering::AcqRel);
         tracing::warn!(%error, session.id = session_id, "Agent session failed before it could move to another shard");
         return;
     }
@@ -690,12 +703,11 @@ async fn move_session<R: Runtime>(
     let stream = match shard.runtime.release(tcp) {
         Ok(stream) => stream,
         Err(error) => {
+            live.arriving[target].fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(%error, session.id = session_id, "cannot move an Agent session to another shard; the Agent will reconnect");
             return;
         }
     };
-    let live = Arc::clone(&accepted.gateway.live);
-    live.arriving[target].fetch_add(1, Ordering::AcqRel);
     let moved = MovedSession {
         stream,
         tls,
@@ -739,21 +751,19 @@ fn adopt_session<R: Runtime>(shard: &Rc<Shard<R>>, moved: MovedSession) {
             moved.accepted,
             moved.peer,
             moved.session_id,
-            true,
         )
         .instrument(span),
     );
 }
 
-/// Serves an authenticated Agent session on this shard until it ends. `arrived` is true
-/// for a session that another shard moved here.
+/// Serves an authenticated Agent session on this shard, which [`place_session`] chose,
+/// until it ends.
 async fn run_session<R: Runtime>(
     shard: Rc<Shard<R>>,
     io: TlsIo<R::Tcp>,
     accepted: handshake::Accepted,
     peer: SocketAddr,
     session_id: u64,
-    arrived: bool,
 ) {
     let shared = &shard.shared;
     let gateway = Arc::clone(&accepted.gateway);
@@ -776,9 +786,7 @@ async fn run_session<R: Runtime>(
             key: accepted.key_fingerprint.clone(),
         });
     gateway.live.per_shard[shard.runtime.shard()].fetch_add(1, Ordering::AcqRel);
-    if arrived {
-        gateway.live.arriving[shard.runtime.shard()].fetch_sub(1, Ordering::AcqRel);
-    }
+    gateway.live.arriving[shard.runtime.shard()].fetch_sub(1, Ordering::AcqRel);
     shared.stats.sessions.increment();
 
     // An Agent that reconnects while its old session still looks alive (a link that died
