@@ -375,6 +375,60 @@ fn check_validates_logger_config() {
 }
 
 #[test]
+fn check_logger_wording_is_singular_and_spaced() {
+    let env = Env::new(Backends::TOKIO);
+    let (private, _) = openssl_keys(&env.path("keys"), 2048);
+    let root = package(&env, "wording", Some(&private), &[("echo", "127.0.0.1:9")]);
+    std::fs::write(
+        root.join("configs/logger_config.yaml"),
+        "file: log/agent.log\nmax_size: 1B\nmax_backups: 1\nmax_age: 30d\ncompress: false\n",
+    )
+    .unwrap();
+
+    let output = agent(&["check"], &root);
+    assert!(output.status.success(), "{}", stdout(&output));
+    let line = report_line(&output, "ok", "logger").expect("no logger line");
+    assert!(
+        line.contains("rotated past 1 byte, 1 backup kept for up to 30 days"),
+        "{line}"
+    );
+}
+
+#[test]
+fn check_reports_unusable_log_path() {
+    let env = Env::new(Backends::TOKIO);
+    let (private, _) = openssl_keys(&env.path("keys"), 2048);
+    let root = package(&env, "log-path", Some(&private), &[("echo", "127.0.0.1:9")]);
+    std::fs::create_dir_all(root.join("log/agent.log")).unwrap();
+    std::fs::write(root.join("blocker"), "").unwrap();
+
+    // A folder where the file should be, and a file where a folder should be: both fail
+    // at start, so both must fail the check. Permission bits would not stop root.
+    for (value, cause) in [
+        ("log/agent.log", "is a folder"),
+        ("blocker/agent.log", "cannot create its folder"),
+    ] {
+        std::fs::write(
+            root.join("configs/logger_config.yaml"),
+            format!("file: {value}\n"),
+        )
+        .unwrap();
+        let output = agent(&["check"], &root);
+        assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+        let line = report_line(&output, "FAILED", "logger").expect("no failed logger line");
+        assert!(line.contains("logger_config.yaml: file: "), "{line}");
+        assert!(line.contains(value), "{line}");
+        assert!(line.contains(cause), "{line}");
+        assert!(
+            line.contains(
+                "point `file` at a writable file, or leave it empty to log to standard error"
+            ),
+            "{line}"
+        );
+    }
+}
+
+#[test]
 fn check_reports_missing_config() {
     let dir = tempfile::tempdir().unwrap();
     let output = agent(&["check", "--config", "nowhere/config.yaml"], dir.path());

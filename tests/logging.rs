@@ -109,27 +109,21 @@ fn distinct_backups(names: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Reports whether `name` has the documented form `agent.log.YYYYMMDDTHHMMSS`, with an
-/// optional `.N` and an optional `.gz`.
+/// Reports whether `name` has the documented form `agent.log.N`, N from 1, with an
+/// optional `.gz`.
 fn is_backup_name(name: &str) -> bool {
     let Some(suffix) = name.strip_prefix(&format!("{LOG_NAME}.")) else {
         return false;
     };
-    let suffix = suffix.strip_suffix(".gz").unwrap_or(suffix);
-    let (timestamp, number) = match suffix.split_once('.') {
-        Some((timestamp, number)) => (timestamp, Some(number)),
-        None => (suffix, None),
-    };
-    let timestamp_ok = timestamp.len() == 15
-        && timestamp.char_indices().all(|(index, c)| {
-            if index == 8 {
-                c == 'T'
-            } else {
-                c.is_ascii_digit()
-            }
-        });
-    let number_ok = number.is_none_or(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    timestamp_ok && number_ok
+    let number = suffix.strip_suffix(".gz").unwrap_or(suffix);
+    !number.is_empty() && !number.starts_with('0') && number.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// First line of `path`, or `None` while it is missing or contains no whole line. Each line of
+/// the Agent starts with a timestamp in microseconds, so it names the file it starts.
+fn first_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.split_once('\n').map(|(line, _)| line.to_owned())
 }
 
 /// Size of `path`, or `None` when it does not exist (it was just rotated or deleted).
@@ -196,18 +190,21 @@ fn backups_rotate_compress_and_stay_bounded() {
     let log_dir = dir.path().join("agent/log");
     let mut agent = start_agent(&config);
 
-    // Read the folder until old backups have been deleted several times over. file-rotate
-    // 0.8 renames the full file before it deletes the oldest backup, so one reading can
-    // catch MAX_BACKUPS + 1 for a moment. The test fails only when a second reading 10 ms
-    // later confirms the count.
-    let mut seen = BTreeSet::new();
+    // Read the folder until the file has rotated MAX_BACKUPS + 3 times, so the oldest
+    // backup has been deleted several times over. Each rotation starts a file with a new
+    // first line, which is how rotations are counted.
+    //
+    // file-rotate 0.8 renames every file before it deletes the oldest backup, so one
+    // reading can catch MAX_BACKUPS + 1 for a moment. The test fails only when a second
+    // reading 10 ms later confirms the count.
+    let mut started = BTreeSet::new();
     for _ in 0..MAX_SAMPLES {
         assert_running(&mut agent, &config);
         let names = backup_names(&log_dir);
-        let mut backups = distinct_backups(&names);
+        let backups = distinct_backups(&names);
         if backups.len() > MAX_BACKUPS {
             std::thread::sleep(Duration::from_millis(10));
-            backups = distinct_backups(&backup_names(&log_dir));
+            let backups = distinct_backups(&backup_names(&log_dir));
             assert!(
                 backups.len() <= MAX_BACKUPS,
                 "{} backups exist, more than max_backups {MAX_BACKUPS}: {backups:?}",
@@ -215,23 +212,26 @@ fn backups_rotate_compress_and_stay_bounded() {
             );
         }
         assert_sizes_bounded(&log_dir, &names);
-        seen.extend(backups);
-        if seen.len() >= MAX_BACKUPS + 3 {
+        started.extend(first_line(&log_dir.join(LOG_NAME)));
+        if started.len() > MAX_BACKUPS + 3 {
             break;
         }
         std::thread::sleep(SAMPLE_INTERVAL);
     }
     assert!(
-        seen.len() >= MAX_BACKUPS + 3,
-        "only {} backups appeared within {MAX_SAMPLES} readings: {seen:?}",
-        seen.len()
+        started.len() > MAX_BACKUPS + 3,
+        "only {} log files were started within {MAX_SAMPLES} readings",
+        started.len()
     );
     stop_agent(&mut agent, &config);
 
-    // After the exit no rotation is under way: exactly MAX_BACKUPS backups remain, each
-    // compressed and each a gzip stream of whole log lines.
+    // After the exit no rotation is under way: exactly MAX_BACKUPS backups remain, numbered
+    // from 1, each compressed and each a gzip stream of whole log lines.
     let names = backup_names(&log_dir);
-    assert_eq!(names.len(), MAX_BACKUPS, "{names:?}");
+    let expected: Vec<String> = (1..=MAX_BACKUPS)
+        .map(|number| format!("{LOG_NAME}.{number}.gz"))
+        .collect();
+    assert_eq!(names, expected);
     for name in &names {
         assert!(is_backup_name(name), "unexpected backup name {name}");
         assert!(name.ends_with(".gz"), "{name} is not compressed");
@@ -252,52 +252,57 @@ fn backups_rotate_compress_and_stay_bounded() {
 #[test]
 fn backups_expire_after_max_age() {
     const MAX_AGE: Duration = Duration::from_secs(2);
-    /// Backup names carry whole seconds and the age is checked only when the file rotates,
-    /// so a backup can outlive MAX_AGE by a second and one rotation interval.
+    /// The age is checked only when the file rotates, so a backup can outlive MAX_AGE by one
+    /// rotation interval. The rest is room for a slow machine.
     const AGE_SLACK: Duration = Duration::from_secs(3);
     /// Long enough that backups from the first seconds must have expired.
     const RUN_TIME: Duration = Duration::from_secs(8);
 
-    // max_backups is far above the number of rotations in RUN_TIME, so only the age
-    // deletes backups here.
+    // max_backups is the largest accepted, far above the number of rotations in RUN_TIME,
+    // so only the age deletes backups here.
     let dir = tempfile::tempdir().unwrap();
     let config = agent_package(
         dir.path(),
         &format!(
-            "level: debug\nfile: log/{LOG_NAME}\nmax_size: \"4KiB\"\nmax_backups: 100000\n\
+            "level: debug\nfile: log/{LOG_NAME}\nmax_size: \"4KiB\"\nmax_backups: 1000\n\
              max_age: \"2s\"\ncompress: false\n"
         ),
     );
     let log_dir = dir.path().join("agent/log");
     let mut agent = start_agent(&config);
 
+    // The first line the Agent logs is in the first backup, which must expire.
     let started = Instant::now();
-    let mut seen = BTreeSet::new();
+    let mut earliest = None;
     while started.elapsed() < RUN_TIME {
         assert_running(&mut agent, &config);
         let names = backup_names(&log_dir);
         assert_sizes_bounded(&log_dir, &names);
-        seen.extend(names);
+        if earliest.is_none() {
+            earliest = first_line(&log_dir.join(LOG_NAME));
+        }
         std::thread::sleep(SAMPLE_INTERVAL);
     }
     let stopped_at = SystemTime::now();
     stop_agent(&mut agent, &config);
 
+    let earliest = earliest.expect("the Agent wrote no line");
     let names = backup_names(&log_dir);
     assert!(!names.is_empty(), "no backup is left");
-    assert!(
-        seen.len() > names.len(),
-        "no backup was deleted: {} seen, {} left",
-        seen.len(),
-        names.len()
-    );
+    for name in names.iter().chain([&LOG_NAME.to_owned()]) {
+        let text = std::fs::read_to_string(log_dir.join(name)).unwrap();
+        assert!(
+            !text.contains(&earliest),
+            "{name} still holds the first line, so no backup was deleted: {earliest}"
+        );
+    }
     for name in &names {
         assert!(is_backup_name(name), "unexpected backup name {name}");
         assert!(!name.ends_with(".gz"), "{name} is compressed");
         let path = log_dir.join(name);
         assert_backup_text(name, &std::fs::read_to_string(&path).unwrap());
 
-        // A backup's last write is its rotation time.
+        // A backup's age is counted from its last write, which is about its rotation time.
         let rotated = std::fs::metadata(&path).unwrap().modified().unwrap();
         let age = stopped_at.duration_since(rotated).unwrap_or_default();
         assert!(
@@ -330,4 +335,82 @@ fn invalid_backup_policy_stops_the_agent() {
         "{error}"
     );
     assert!(!dir.path().join("agent/log").exists());
+}
+
+/// A folder that refuses new files until dropped. Permission bits do this for a normal user
+/// but not for root, so for root the folder gets the immutable attribute (`chattr +i`),
+/// which leaves the files inside writable.
+struct ReadOnlyFolder {
+    path: PathBuf,
+    immutable: bool,
+}
+
+impl ReadOnlyFolder {
+    /// Returns `None` when running as root without a working `chattr`.
+    fn new(path: &Path) -> Option<Self> {
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).unwrap());
+        if owner != 0 {
+            let read_only = std::os::unix::fs::PermissionsExt::from_mode(0o555);
+            std::fs::set_permissions(path, read_only).unwrap();
+            return Some(Self {
+                path: path.to_owned(),
+                immutable: false,
+            });
+        }
+        let status = Command::new("chattr").arg("+i").arg(path).status();
+        status.is_ok_and(|status| status.success()).then(|| Self {
+            path: path.to_owned(),
+            immutable: true,
+        })
+    }
+}
+
+impl Drop for ReadOnlyFolder {
+    fn drop(&mut self) {
+        if self.immutable {
+            let _ = Command::new("chattr").arg("-i").arg(&self.path).status();
+        } else {
+            let writable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            let _ = std::fs::set_permissions(&self.path, writable);
+        }
+    }
+}
+
+#[test]
+fn read_only_log_folder_stops_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_package(dir.path(), &format!("file: log/{LOG_NAME}\n"));
+    let log_dir = dir.path().join("agent/log");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    std::fs::write(log_dir.join(LOG_NAME), "").unwrap();
+    let Some(_read_only) = ReadOnlyFolder::new(&log_dir) else {
+        println!(
+            "skipped: running as root and `chattr +i` failed on {}",
+            log_dir.display()
+        );
+        return;
+    };
+
+    // The log file takes writes, but the first rotation could not create a new one.
+    let output = Command::new(AGENT_BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("ipaas-agent must start");
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("logger_config.yaml"), "{error}");
+    assert!(
+        error.contains(&format!(
+            "cannot create files in its folder {}",
+            log_dir.display()
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "point `file` at a writable file, or leave it empty to log to standard error"
+        ),
+        "{error}"
+    );
 }

@@ -182,8 +182,9 @@ fn check_config(report: &mut Report, file: &Path) -> Option<AgentConfig> {
     }
 }
 
-/// Checks the logger config as the Agent loads it: relative paths resolve against the
-/// package root, and a missing file means logging to standard error.
+/// Checks the logger config as the Agent loads it, and its log file path as the Agent checks
+/// it at start: relative paths resolve against the package root, and a missing logger
+/// config means logging to standard error.
 fn check_logger(report: &mut Report, file: &Path, config: Option<&AgentConfig>) {
     if !file.exists() {
         report.push(
@@ -202,40 +203,44 @@ fn check_logger(report: &mut Report, file: &Path, config: Option<&AgentConfig>) 
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
     let root = config.map_or(fallback, |config| config.root.as_path());
-    match LoggerConfig::load(file, root) {
-        Ok(logger) => {
-            let destination = match &logger.file {
-                Some(log) => {
-                    let policy = &logger.backups;
-                    let age = policy.max_age.map_or("any age".to_owned(), |age| {
-                        format!("up to {}", humantime::format_duration(age))
-                    });
-                    format!(
-                        "to {}, rotated past {}, {} backups kept for {age}{}",
-                        log.display(),
-                        format_size(policy.max_size),
-                        policy.max_backups,
-                        if policy.compress {
-                            ", gzip-compressed"
-                        } else {
-                            ""
-                        }
-                    )
-                }
-                None => "to standard error only".to_owned(),
-            };
-            report.push(
-                Status::Ok,
-                "logger",
-                format!(
-                    "{} is valid: level `{}`, {destination}",
-                    file.display(),
-                    logger.level
-                ),
-            );
-        }
-        Err(error) => push_config_problems(report, "logger", &error),
+    let logger = match LoggerConfig::load(file, root) {
+        Ok(logger) => logger,
+        Err(error) => return push_config_problems(report, "logger", &error),
+    };
+    // The same checks as at start, which also create a missing log folder.
+    if let Err(error) = logger.check_file() {
+        return push_config_problems(report, "logger", &error);
     }
+
+    let destination = match &logger.file {
+        Some(log) => {
+            let policy = &logger.backups;
+            let age = policy.max_age.map_or("any age".to_owned(), |age| {
+                format!("up to {}", format_age(age))
+            });
+            format!(
+                "to {}, rotated past {}, {} kept for {age}{}",
+                log.display(),
+                format_size(policy.max_size),
+                plural(policy.max_backups as u64, "backup", "backups"),
+                if policy.compress {
+                    ", gzip-compressed"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => "to standard error only".to_owned(),
+    };
+    report.push(
+        Status::Ok,
+        "logger",
+        format!(
+            "{} is valid: level `{}`, {destination}",
+            file.display(),
+            logger.level
+        ),
+    );
 }
 
 /// Formats a byte count with the largest binary unit that divides it.
@@ -245,7 +250,42 @@ fn format_size(bytes: u64) -> String {
             return format!("{} {unit}", bytes / size);
         }
     }
-    format!("{bytes} bytes")
+    plural(bytes, "byte", "bytes")
+}
+
+/// Formats a duration in whole days, hours, minutes, seconds and milliseconds, such as
+/// `30 days` or `1 day 12 hours`. Parts that are zero are left out.
+fn format_age(age: Duration) -> String {
+    let seconds = age.as_secs();
+    let parts = [
+        (seconds / 86_400, "day", "days"),
+        (seconds / 3600 % 24, "hour", "hours"),
+        (seconds / 60 % 60, "minute", "minutes"),
+        (seconds % 60, "second", "seconds"),
+        (
+            u64::from(age.subsec_millis()),
+            "millisecond",
+            "milliseconds",
+        ),
+    ];
+    let words: Vec<String> = parts
+        .iter()
+        .filter(|(count, _, _)| *count > 0)
+        .map(|&(count, one, many)| plural(count, one, many))
+        .collect();
+    if words.is_empty() {
+        return "0 seconds".to_owned();
+    }
+    words.join(" ")
+}
+
+/// Formats `count` with the singular or the plural noun.
+fn plural(count: u64, one: &str, many: &str) -> String {
+    if count == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{count} {many}")
+    }
 }
 
 /// Adds one failure per problem, so every bad key of the file is listed.

@@ -255,6 +255,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => {
             let config = ServerConfig::load(&config)?;
             tls::server_config(&config.tls)?;
+            config.log.check_file()?;
             println!(
                 "config is valid: {} gateway(s), Agent port {}",
                 config.gateways.len(),

@@ -6,22 +6,27 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{read_yaml, resolve_path, ConfigError, Problems};
+use super::{read_yaml, resolve_path, ConfigError, Problem, Problems};
+use crate::telemetry::LogPathError;
 
 /// `max_size` when the key is absent. [`DEFAULT_MAX_SIZE_BYTES`] is the same size in bytes.
 const DEFAULT_MAX_SIZE: &str = "100MiB";
 const DEFAULT_MAX_SIZE_BYTES: u64 = 100 * 1024 * 1024;
 const DEFAULT_MAX_BACKUPS: usize = 10;
 
-/// Longest accepted `max_age`. file-rotate 0.8 computes `Local::now() - max_age`, which
-/// panics when the result falls outside chrono's date range.
-const MAX_AGE_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+/// Largest accepted `max_backups`. Each rotation renames every backup to the next number
+/// on the writer thread, so rotation time grows with the count.
+const MAX_BACKUPS_LIMIT: usize = 1000;
+
+/// The end of every error about the log file path.
+const FILE_FIX: &str = "at a writable file, or leave it empty to log to standard error";
 
 /// Raw logging settings as written in YAML.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLogger {
-    /// One of error, warn, info, debug, trace; or a tracing filter such as `info,ipaas_gateway=debug`.
+    /// One of error, warn, info, debug, trace, off in any case; or a tracing filter such as
+    /// `info,ipaas_gateway=debug`.
     #[serde(default = "default_level")]
     pub level: String,
     /// Log file; empty or absent writes to standard error only.
@@ -30,8 +35,8 @@ pub struct RawLogger {
     /// Size past which the log file is rotated, such as `100MiB`.
     #[serde(default = "default_max_size")]
     pub max_size: String,
-    /// Number of rotated files to keep. Signed, so that a negative value gets a message
-    /// with the fix instead of a type error.
+    /// Number of rotated files to keep, 1 to 1000. Signed, so that a negative value gets a
+    /// message with the fix instead of a type error.
     #[serde(default = "default_max_backups")]
     pub max_backups: i64,
     /// Age past which a rotated file is deleted, such as `30d`. Empty or absent keeps
@@ -81,6 +86,11 @@ pub struct LoggerConfig {
     pub file: Option<PathBuf>,
     /// Rotation and retention of `file`.
     pub backups: BackupPolicy,
+    /// The config file these settings were read from, named in errors about `file`. It is
+    /// empty in [`LoggerConfig::default`], which has no `file`.
+    pub config_file: PathBuf,
+    /// Dotted key of `file` in `config_file`: `file`, or `log.file` in the Server's config.
+    pub file_key: String,
 }
 
 /// When the log file is rotated, and which rotated files (backups) are kept.
@@ -92,9 +102,10 @@ pub struct BackupPolicy {
     /// Size in bytes past which the log file is rotated. The write that crosses it completes
     /// first, so every file ends with a whole line.
     pub max_size: u64,
-    /// Number of backups kept, at least 1. A rotation beyond it deletes the oldest backup.
+    /// Number of backups kept, 1 to 1000. A rotation beyond it deletes the oldest backup.
     pub max_backups: usize,
-    /// Age past which a backup is deleted, counted from its rotation.
+    /// Age past which a backup is deleted, counted from its modification time: the time of
+    /// its last line, or of its rotation once compressed.
     pub max_age: Option<Duration>,
     /// Whether backups are gzip-compressed, with a `.gz` suffix.
     pub compress: bool,
@@ -118,6 +129,8 @@ impl Default for LoggerConfig {
             level: default_level(),
             file: None,
             backups: BackupPolicy::default(),
+            config_file: PathBuf::new(),
+            file_key: "file".into(),
         }
     }
 }
@@ -138,8 +151,12 @@ impl LoggerConfig {
         problems: &mut Problems,
         prefix: &str,
     ) -> Self {
+        // tracing parses level names in any case, so `INFO` works as well as `info`. A bare
+        // word that is not a level would be taken as a target name, hence the list.
         let level = raw.level.trim();
-        let plain = ["error", "warn", "info", "debug", "trace", "off"].contains(&level);
+        let plain = ["error", "warn", "info", "debug", "trace", "off"]
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(level));
         let directives =
             level.contains('=') && tracing_subscriber::EnvFilter::try_new(level).is_ok();
         if !plain && !directives {
@@ -159,9 +176,33 @@ impl LoggerConfig {
             .map(|file| resolve_path(root, file));
 
         Self {
-            level: raw.level.clone(),
+            level: level.to_owned(),
             file,
             backups: resolve_backups(raw, problems, prefix),
+            config_file: problems.file.clone(),
+            file_key: format!("{prefix}file"),
+        }
+    }
+
+    /// Checks that `file` can be written and rotated, as the logger does at start: creates
+    /// its folder when missing and a probe file in it. Does nothing without a `file`.
+    pub fn check_file(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        crate::telemetry::check_log_path(path)
+            .map(drop)
+            .map_err(|error| self.file_error(&error))
+    }
+
+    /// Turns a problem with the log file path into a config error on `file`.
+    pub(crate) fn file_error(&self, error: &LogPathError) -> ConfigError {
+        ConfigError {
+            file: self.config_file.clone(),
+            problems: vec![Problem {
+                key: self.file_key.clone(),
+                message: format!("{error}; point `{}` {FILE_FIX}", self.file_key),
+            }],
         }
     }
 }
@@ -172,12 +213,12 @@ fn resolve_backups(raw: &RawLogger, problems: &mut Problems, prefix: &str) -> Ba
     let max_size = problems.size(&format!("{prefix}max_size"), &raw.max_size);
 
     let max_backups = match usize::try_from(raw.max_backups) {
-        Ok(count) if count > 0 => count,
+        Ok(count) if (1..=MAX_BACKUPS_LIMIT).contains(&count) => count,
         _ => {
             problems.push(
                 format!("{prefix}max_backups"),
                 format!(
-                    "invalid backup count `{}`; write how many rotated log files to keep, 1 or more, such as `10`",
+                    "invalid backup count `{}`; write how many rotated log files to keep, from 1 to {MAX_BACKUPS_LIMIT}, such as `10`",
                     raw.max_backups
                 ),
             );
@@ -185,20 +226,11 @@ fn resolve_backups(raw: &RawLogger, problems: &mut Problems, prefix: &str) -> Ba
         }
     };
 
-    let max_age_key = format!("{prefix}max_age");
     let max_age = raw
         .max_age
         .as_deref()
         .filter(|age| !age.trim().is_empty())
-        .map(|age| problems.duration(&max_age_key, age));
-    if let (Some(age), Some(text)) = (max_age, &raw.max_age) {
-        if age > MAX_AGE_LIMIT {
-            problems.push(
-                max_age_key,
-                format!("age `{text}` is longer than 100 years; write an age such as `30d`, or leave max_age out to keep backups of any age"),
-            );
-        }
-    }
+        .and_then(|age| parse_max_age(problems, &format!("{prefix}max_age"), age));
 
     BackupPolicy {
         max_size,
@@ -206,6 +238,23 @@ fn resolve_backups(raw: &RawLogger, problems: &mut Problems, prefix: &str) -> Ba
         max_age,
         compress: raw.compress,
     }
+}
+
+/// Parses a `max_age` value such as `30d`, reporting a problem under `key` when it is
+/// invalid.
+fn parse_max_age(problems: &mut Problems, key: &str, value: &str) -> Option<Duration> {
+    const EXAMPLES: &str =
+        "such as `30d`, `12h` or `1w`, or leave max_age empty to keep backups of any age";
+    let message = match humantime::parse_duration(value.trim()) {
+        Ok(age) if !age.is_zero() => return Some(age),
+        Ok(_) => format!("age `{value}` must be greater than zero; write an age {EXAMPLES}"),
+        Err(humantime::DurationError::NumberOverflow) => {
+            format!("age `{value}` is too large; write an age {EXAMPLES}")
+        }
+        Err(_) => format!("invalid age `{value}`; write a whole number and a unit {EXAMPLES}"),
+    };
+    problems.push(key, message);
+    None
 }
 
 #[cfg(test)]
@@ -267,7 +316,11 @@ mod tests {
         let mut problems = Problems::new(Path::new("test.yaml"));
         let config =
             LoggerConfig::resolve(&RawLogger::default(), Path::new("/"), &mut problems, "");
-        assert_eq!(problems.finish(config).unwrap(), LoggerConfig::default());
+        let expected = LoggerConfig {
+            config_file: "test.yaml".into(),
+            ..LoggerConfig::default()
+        };
+        assert_eq!(problems.finish(config).unwrap(), expected);
     }
 
     #[test]
@@ -298,7 +351,7 @@ mod tests {
         let (key, message) = single_problem("max_backups: -1\n");
         assert_eq!(key, "max_backups");
         assert!(message.contains("`-1`"), "{message}");
-        assert!(message.contains("1 or more"), "{message}");
+        assert!(message.contains("from 1 to 1000"), "{message}");
     }
 
     #[test]
@@ -324,14 +377,108 @@ mod tests {
         let (key, message) = single_problem("max_age: \"a month\"\n");
         assert_eq!(key, "max_age");
         assert!(message.contains("`a month`"), "{message}");
+        assert!(message.contains("`30d`"), "{message}");
+        assert!(message.contains("`12h`"), "{message}");
+        assert!(!message.contains("expected"), "{message}");
 
         let (key, message) = single_problem("max_age: \"0s\"\n");
         assert_eq!(key, "max_age");
         assert!(message.contains("greater than zero"), "{message}");
 
-        let (key, message) = single_problem("max_age: \"200y\"\n");
+        let (key, message) = single_problem("max_age: \"99999999999999999999999d\"\n");
         assert_eq!(key, "max_age");
-        assert!(message.contains("100 years"), "{message}");
+        assert!(message.contains("too large"), "{message}");
+    }
+
+    #[test]
+    fn long_max_age_is_accepted() {
+        let config = load("max_age: \"200y\"\n").unwrap();
+        assert!(config.backups.max_age.unwrap() > Duration::from_secs(199 * 365 * 24 * 3600));
+    }
+
+    #[test]
+    fn max_backups_has_an_upper_bound() {
+        assert_eq!(
+            load("max_backups: 1000\n").unwrap().backups.max_backups,
+            1000
+        );
+        let (key, message) = single_problem("max_backups: 1001\n");
+        assert_eq!(key, "max_backups");
+        assert!(message.contains("`1001`"), "{message}");
+        assert!(message.contains("from 1 to 1000"), "{message}");
+    }
+
+    #[test]
+    fn level_names_ignore_case() {
+        for level in ["INFO", "Debug", "WARN", " trace "] {
+            let config = load(&format!("level: \"{level}\"\n")).unwrap();
+            assert_eq!(config.level, level.trim());
+            // The filter that telemetry::init builds accepts the same text.
+            assert!(tracing_subscriber::EnvFilter::try_new(&config.level).is_ok());
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new("INFO").unwrap();
+        assert_eq!(
+            filter.max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::INFO)
+        );
+    }
+
+    #[test]
+    fn file_check_passes_for_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("logger_config.yaml");
+        std::fs::write(&file, "file: log/agent.log\n").unwrap();
+        let config = LoggerConfig::load(&file, dir.path()).unwrap();
+        config.check_file().unwrap();
+        assert!(dir.path().join("log").is_dir());
+        assert!(!dir.path().join("log/agent.log").exists());
+    }
+
+    #[test]
+    fn file_check_names_key_value_and_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("blocker"), "").unwrap();
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        let file = dir.path().join("logger_config.yaml");
+
+        for (value, cause) in [
+            ("folder", "is a folder"),
+            ("blocker/agent.log", "cannot create its folder"),
+        ] {
+            std::fs::write(&file, format!("file: {value}\n")).unwrap();
+            let config = LoggerConfig::load(&file, dir.path()).unwrap();
+            let error = config.check_file().unwrap_err();
+            assert_eq!(error.file, file);
+            assert_eq!(error.problems.len(), 1);
+            assert_eq!(error.problems[0].key, "file");
+            let message = &error.problems[0].message;
+            assert!(message.contains(value), "{message}");
+            assert!(message.contains(cause), "{message}");
+            assert!(
+                message.contains(
+                    "point `file` at a writable file, or leave it empty to log to standard error"
+                ),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_file_error_names_the_log_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = RawLogger {
+            file: Some(dir.path().display().to_string()),
+            ..RawLogger::default()
+        };
+        let mut problems = Problems::new(Path::new("server.yaml"));
+        let config = LoggerConfig::resolve(&raw, Path::new("/"), &mut problems, "log.");
+        let error = config.check_file().unwrap_err();
+        assert_eq!(error.file, Path::new("server.yaml"));
+        assert_eq!(error.problems[0].key, "log.file");
+        assert!(
+            error.problems[0].message.contains("point `log.file` at"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -114,20 +114,21 @@ impl Problems {
     /// KiB, MiB and GiB are powers of 1024, and KB, MB and GB are powers of 1000. Units are
     /// case-insensitive. A unit is required, so that `100` cannot be mistaken for 100 MiB.
     pub(crate) fn size(&mut self, key: &str, value: &str) -> u64 {
-        match parse_size(value) {
-            Some(bytes) if bytes > 0 => bytes,
-            Some(_) => {
-                self.push(key, format!("size `{value}` must be greater than zero"));
-                1
-            }
-            None => {
-                self.push(
-                    key,
-                    format!("invalid size `{value}`; write a whole number and a unit such as `100MiB`, `512KiB` or `1GiB`"),
-                );
-                1
-            }
-        }
+        let message = match parse_size(value) {
+            Ok(bytes) if bytes > 0 => return bytes,
+            Ok(_) => format!("size `{value}` must be greater than zero"),
+            Err(SizeError::Invalid) => format!(
+                "invalid size `{value}`; write a whole number and a unit such as `100MiB`, `512KiB` or `1GiB`"
+            ),
+            Err(SizeError::UnknownUnit(unit)) => format!(
+                "invalid size `{value}`: unknown unit `{unit}`; use B, KiB, MiB or GiB (powers of 1024) or KB, MB or GB (powers of 1000), such as `100MiB`"
+            ),
+            Err(SizeError::TooLarge) => format!(
+                "size `{value}` is too large: it exceeds 2^64 - 1 bytes; write a size such as `100MiB` or `1GiB`"
+            ),
+        };
+        self.push(key, message);
+        1
     }
 
     /// Parses a literal socket address such as `127.0.0.1:7000` or `[::1]:7000`.
@@ -312,16 +313,30 @@ pub fn shard_count(configured: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// Parses `<whole number>[ ]<unit>` into bytes. Returns `None` for a missing or negative
-/// number, a fraction, a missing or unknown unit, or a value above `u64::MAX`.
-fn parse_size(value: &str) -> Option<u64> {
+/// Reason [`parse_size`] rejected a value.
+#[derive(Debug, PartialEq, Eq)]
+enum SizeError {
+    /// No whole number, or a unit that is missing or not made of letters.
+    Invalid,
+    /// A unit made of letters that is not one of the accepted ones, such as `TiB`.
+    UnknownUnit(String),
+    /// The size in bytes does not fit in a `u64`.
+    TooLarge,
+}
+
+/// Parses `<whole number>[ ]<unit>` into bytes.
+fn parse_size(value: &str) -> Result<u64, SizeError> {
     let value = value.trim();
     let digits_end = value
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(value.len());
     let (number, unit) = value.split_at(digits_end);
-    let number: u64 = number.parse().ok()?;
-    let multiplier: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+    let unit = unit.trim_start();
+    if number.is_empty() || unit.is_empty() || !unit.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(SizeError::Invalid);
+    }
+
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "b" => 1,
         "kb" => 1000,
         "mb" => 1000 * 1000,
@@ -329,9 +344,12 @@ fn parse_size(value: &str) -> Option<u64> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
-        _ => return None,
+        _ => return Err(SizeError::UnknownUnit(unit.to_owned())),
     };
-    number.checked_mul(multiplier)
+
+    // `number` holds only ASCII digits, so parsing can fail only by overflow.
+    let number: u64 = number.parse().map_err(|_| SizeError::TooLarge)?;
+    number.checked_mul(multiplier).ok_or(SizeError::TooLarge)
 }
 
 /// Reads and parses a YAML file into `T`, turning every failure into a [`ConfigError`].
@@ -406,28 +424,31 @@ mod tests {
             ("10MB", 10_000_000),
             ("1GB", 1_000_000_000),
             (" 7kib ", 7 * 1024),
+            ("18446744073709551615B", u64::MAX),
         ];
         for (text, bytes) in cases {
-            assert_eq!(parse_size(text), Some(bytes), "{text}");
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
         }
     }
 
     #[test]
     fn size_rejects_bad_values() {
-        for bad in [
-            "",
-            "lots",
-            "MiB",
-            "4096",
-            "-1MiB",
-            "1.5GiB",
-            "10 TiB",
-            "10 MiB extra",
-            "99999999999GiB",
-            "18446744073709551616B",
-        ] {
-            assert_eq!(parse_size(bad), None, "{bad}");
+        for bad in ["", "lots", "MiB", "4096", "-1MiB", "1.5GiB", "10 MiB extra"] {
+            assert_eq!(parse_size(bad), Err(SizeError::Invalid), "{bad}");
         }
+        assert_eq!(
+            parse_size("10 TiB"),
+            Err(SizeError::UnknownUnit("TiB".into()))
+        );
+        assert_eq!(parse_size("99999999999GiB"), Err(SizeError::TooLarge));
+        assert_eq!(
+            parse_size("18446744073709551616B"),
+            Err(SizeError::TooLarge)
+        );
+        assert_eq!(
+            parse_size("99999999999999999999999999MiB"),
+            Err(SizeError::TooLarge)
+        );
 
         let mut problems = Problems::new(Path::new("test.yaml"));
         problems.size("a", "lots");
@@ -439,6 +460,25 @@ mod tests {
         assert!(error.problems[0].message.contains("`lots`"));
         assert!(error.problems[0].message.contains("100MiB"));
         assert!(error.problems[1].message.contains("greater than zero"));
+    }
+
+    #[test]
+    fn size_messages_name_the_cause() {
+        let mut problems = Problems::new(Path::new("test.yaml"));
+        problems.size("unit", "10TiB");
+        problems.size("large", "99999999999GiB");
+        let error = problems.finish(()).unwrap_err();
+
+        let unit = &error.problems[0].message;
+        assert!(unit.contains("`10TiB`"), "{unit}");
+        assert!(unit.contains("unknown unit `TiB`"), "{unit}");
+        for accepted in ["B,", "KiB", "MiB", "GiB", "KB", "MB", "GB"] {
+            assert!(unit.contains(accepted), "{accepted} missing from: {unit}");
+        }
+
+        let large = &error.problems[1].message;
+        assert!(large.contains("`99999999999GiB`"), "{large}");
+        assert!(large.contains("too large"), "{large}");
     }
 
     #[test]

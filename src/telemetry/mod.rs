@@ -6,12 +6,16 @@
 
 mod log_file;
 
+use std::path::Path;
+
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 use crate::config::LoggerConfig;
+
+pub(crate) use log_file::{check_log_path, LogPathError};
 
 /// Installs the global subscriber: standard error, plus the log file when one is set,
 /// rotated as `config.backups` sets.
@@ -31,11 +35,12 @@ pub fn init(config: &LoggerConfig, to_stderr: bool) -> anyhow::Result<Option<Wor
     });
 
     let mut guard = None;
-    let mut stale_backups = Vec::new();
+    let mut cleanup = None;
     let file_layer = match &config.file {
         Some(path) => {
-            let log_file = log_file::open(path, &config.backups)?;
-            stale_backups = log_file.stale;
+            let log_file =
+                log_file::open(path, &config.backups).map_err(|error| config.file_error(&error))?;
+            cleanup = Some((path, log_file.cleanup));
             // The rotating writer runs on the non-blocking writer's own thread, so shards
             // only queue formatted lines. When the queue is full (128,000 lines, the default
             // of tracing-appender 0.2), lines are dropped instead of blocking a shard.
@@ -58,13 +63,32 @@ pub fn init(config: &LoggerConfig, to_stderr: bool) -> anyhow::Result<Option<Wor
         .try_init()
         .map_err(|error| anyhow::anyhow!("cannot install the logger: {error}"))?;
 
-    for (path, error) in stale_backups {
-        tracing::warn!(
-            log.backup = %path.display(), %error,
-            "cannot delete a log backup past max_backups or max_age; delete it by hand or give this user write access to the log folder"
-        );
+    if let Some((path, cleanup)) = cleanup {
+        log_cleanup(path, cleanup);
     }
     Ok(guard)
+}
+
+/// Logs what opening the log file `path` changed among its backups.
+fn log_cleanup(path: &Path, cleanup: log_file::Cleanup) {
+    for gzip in cleanup.incomplete {
+        tracing::warn!(
+            log.backup = %gzip.display(),
+            "deleted a compressed log backup whose compression was cut short; the uncompressed backup of the same name is complete and was kept"
+        );
+    }
+    if cleanup.renamed > 0 {
+        tracing::info!(
+            log.file = %path.display(), log.backups = cleanup.renamed,
+            "renamed log backups with time-stamped names to numbered names"
+        );
+    }
+    for (backup, error) in cleanup.failed {
+        tracing::warn!(
+            log.backup = %backup.display(), %error,
+            "cannot delete or rename a log backup; delete it by hand or give this user write access to the log folder"
+        );
+    }
 }
 
 /// A monotonically increasing counter shared by all shards, exported as a Prometheus
