@@ -351,16 +351,17 @@ fn flood_from_many_addresses_spares_live_sessions() {
     );
 }
 
-/// Idle connections from 100 addresses at 400 per second, against a cap of 16 handshakes
-/// per shard: every slot is always taken by a connection younger than a second. The Server
-/// closes the oldest idle one for each new connection, so a new Agent logs in at once.
+/// Idle connections from 100 addresses at 400 per second, half of them after sending one
+/// byte, against a cap of 16 handshakes per shard: every slot is always taken by a
+/// connection younger than a second. The Server closes the oldest one without a whole
+/// ClientHello for each new connection, so a new Agent logs in at once.
 #[test]
 fn idle_flood_cannot_hold_the_handshake_cap() {
     use common::flood::{Flood, FloodKind, SinkGateway};
 
     let mut gateway = SinkGateway::start_with(Backends::TOKIO, "max_unauthenticated: 16\n");
     let settings = common::flood::FloodSettings {
-        kinds: &[FloodKind::Idle],
+        kinds: &[FloodKind::Idle, FloodKind::Partial],
         ..gateway.flood(400, Duration::from_secs(60))
     };
     let flood = Flood::start(&settings);

@@ -88,18 +88,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsIo<T> {
         io
     }
 
-    /// Waits for the peer's first bytes and keeps them for [`Self::poll_fill`], without
-    /// processing them. Returns [`SessionError::PeerClosed`] if the peer closes first.
-    pub async fn receive_first(&mut self) -> Result<(), SessionError> {
-        debug_assert_eq!(self.read_start, self.read_end, "bytes are already buffered");
-        let n = poll_fn(|cx| Pin::new(&mut self.tcp).poll_read(cx, &mut self.read_buffer))
-            .await
-            .map_err(SessionError::Io)?;
-        if n == 0 {
-            self.eof = true;
-            return Err(SessionError::PeerClosed);
+    /// Reads until rustls has a response to send, which on a server takes the client's whole
+    /// first flight (its ClientHello). A peer that sends part of one and stalls stays here.
+    pub async fn receive_first_flight(&mut self) -> Result<(), SessionError> {
+        while !self.tls.wants_write() {
+            if !poll_fn(|cx| self.poll_fill(cx)).await? {
+                return Err(SessionError::PeerClosed);
+            }
         }
-        (self.read_start, self.read_end) = (0, n);
         Ok(())
     }
 

@@ -610,7 +610,7 @@ async fn serve_agent<R: Runtime>(
     let outcome = futures_lite::future::or(
         async {
             timeout(&shard.runtime, shared.config.handshake_timeout, async {
-                io.receive_first().await?;
+                io.receive_first_flight().await?;
                 shard.pending.borrow_mut().mark_spoken(pending_id);
                 handshake::authenticate(&mut io, shared, peer, session_id).await
             })

@@ -2,8 +2,8 @@
 //! one to close when `max_unauthenticated` is reached.
 //!
 //! A real Agent sends its TLS ClientHello as soon as TCP connects, so a connection that has
-//! sent nothing for [`SILENT_GRACE`] is most likely an idle one holding a slot. Those are
-//! closed first. A connection that has sent bytes is closed only after half
+//! not sent a whole ClientHello within [`SILENT_GRACE`] is most likely an idle one holding
+//! a slot. Those are closed first. A connection that has sent bytes is closed only after half
 //! the handshake timeout, so a slow but real Agent can finish. When neither applies, the
 //! new connection is closed instead, and the handshakes already started can finish.
 
@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::relay::Trigger;
 
-/// How long a connection may stay silent before it can be closed to make room. A real
-/// Agent's first bytes arrive with, or just after, the last packet of the TCP handshake,
-/// and the accept loop lets each new handshake read before it accepts the next one. Idle
+/// How long a connection may stay silent (without a whole ClientHello) before it can be
+/// closed to make room. A real Agent's ClientHello arrives with, or just after, the last
+/// packet of the TCP handshake, and the accept loop lets each new handshake read before it
+/// accepts the next one. Idle
 /// connections can hold every slot only by arriving faster than the cap per 50 ms: 5,120
 /// per second on each shard with the default cap of 256.
 pub const SILENT_GRACE: Duration = Duration::from_millis(50);
@@ -31,9 +32,9 @@ pub struct PendingHandshake {
 /// the first entry of each map is its oldest.
 #[derive(Default)]
 pub struct PendingHandshakes {
-    /// Connections that have not sent a byte yet.
+    /// Connections that have not sent a whole ClientHello yet.
     silent: BTreeMap<u64, PendingHandshake>,
-    /// Connections that have sent at least one byte.
+    /// Connections that have sent a whole ClientHello.
     spoken: BTreeMap<u64, PendingHandshake>,
 }
 
@@ -64,7 +65,7 @@ impl PendingHandshakes {
         evict
     }
 
-    /// Records that connection `id` has sent its first bytes.
+    /// Records that connection `id` has sent a whole ClientHello.
     pub fn mark_spoken(&mut self, id: u64) {
         if let Some(entry) = self.silent.remove(&id) {
             self.spoken.insert(id, entry);

@@ -38,6 +38,8 @@ pub struct FloodSettings {
 pub enum FloodKind {
     /// Connects and sends nothing.
     Idle,
+    /// Sends the first byte of a TLS record, then nothing.
+    Partial,
     /// Sends bytes that are not TLS, then closes.
     Junk,
     /// A TLS handshake without a client certificate, which the Server rejects after doing
@@ -141,7 +143,10 @@ fn flood_worker(
         };
         counts.connected += 1;
         match kind {
-            FloodKind::Idle => {
+            FloodKind::Idle | FloodKind::Partial => {
+                if kind == FloodKind::Partial {
+                    let _ = tcp.write_all(b"\x16");
+                }
                 idle.push_back(tcp);
                 if idle.len() > settings.idle_limit / WORKERS {
                     idle.pop_front();
