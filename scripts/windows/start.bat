@@ -1,5 +1,7 @@
 @echo off
 rem Starts the Agent in the background. The pid goes to log\agent.pid.
+rem NOTE: Windows PowerShell 5.1 does not quote -ArgumentList items, so a package folder whose
+rem path contains spaces splits the arguments; unpack the package to a path without spaces.
 setlocal
 set "ROOT=%~dp0..\.."
 set "BIN=%ROOT%\bin\Windows\ipaas-agent.exe"

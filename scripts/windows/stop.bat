@@ -3,7 +3,7 @@ rem Stops the Agent started by start.bat, by the pid in log\agent.pid.
 setlocal
 set "ROOT=%~dp0..\.."
 if not exist "%ROOT%\log\agent.pid" (
-    echo The Agent is not running (no log\agent.pid).
+    echo The Agent is not running ^(no log\agent.pid^).
     exit /b 0
 )
 set /p PID=<"%ROOT%\log\agent.pid"
