@@ -151,24 +151,47 @@ fn rejection_hint(agent: &AgentShared, reason: RejectReason) -> String {
     }
 }
 
+/// Name lookups running at once in this process, at most [`MAX_LOOKUPS`].
+static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Cap on concurrent name lookups. A lookup that the resolver stalls keeps its thread after
+/// the caller has given up, so without a cap a burst of streams to a DNS name could start
+/// threads without bound.
+const MAX_LOOKUPS: usize = 64;
+
 /// Resolves `endpoint` (DNS names included) to socket addresses.
 ///
 /// The system resolver blocks, so a name is looked up on a thread of its own and the shard
-/// keeps relaying meanwhile. IP literals skip the lookup.
+/// keeps relaying meanwhile. IP literals skip the lookup. When [`MAX_LOOKUPS`] lookups are
+/// running, the call fails at once.
 pub(crate) async fn resolve(endpoint: &Endpoint) -> std::io::Result<Vec<SocketAddr>> {
+    use std::sync::atomic::Ordering;
+
     if let Ok(ip) = endpoint.host.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, endpoint.port)]);
     }
+    if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        return Err(std::io::Error::other(format!(
+            "{MAX_LOOKUPS} name lookups are already running; the resolver for `{}` is slow or stalled",
+            endpoint.host
+        )));
+    }
     let (sender, receiver) = flume::bounded(1);
     let name = (endpoint.host.clone(), endpoint.port);
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("ipaas-resolve".into())
         .spawn(move || {
             let result = name
                 .to_socket_addrs()
                 .map(|addresses| addresses.collect::<Vec<_>>());
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
             let _ = sender.send(result);
-        })?;
+        });
+    if let Err(error) = spawned {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        return Err(error);
+    }
     receiver
         .recv_async()
         .await
