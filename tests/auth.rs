@@ -148,6 +148,29 @@ fn key_of_1024_bits_works_with_warning(backends: Backends) {
     wait_for_log(&env.server_log(), "below 2048 bits", LIMIT);
 }
 
+/// Opens an echo stream through `entry` and checks one round trip, so that the stream is
+/// in flight when the Agent is asked to stop.
+fn stream_in_flight(entry: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", entry)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"before stop").unwrap();
+    let mut echoed = [0u8; 11];
+    stream.read_exact(&mut echoed).unwrap();
+    stream
+}
+
+/// Sends more on a stream from [`stream_in_flight`] after the stop request and checks that
+/// the echo of it still arrives, which shows the Agent drained the stream.
+fn finish_in_flight(mut stream: TcpStream) {
+    stream.write_all(b" and after").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b" and after");
+}
+
 fn start_and_stop_scripts(backends: Backends) {
     let mut env = Env::new(backends);
     let (private, public) = openssl_keys(&env.path("keys"), 2048);
@@ -186,24 +209,14 @@ fn start_and_stop_scripts(backends: Backends) {
     assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 
     // A stream in flight when stop.sh runs still completes (drain).
-    let mut stream = TcpStream::connect(("127.0.0.1", entry)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(b"before stop").unwrap();
-    let mut echoed = [0u8; 11];
-    stream.read_exact(&mut echoed).unwrap();
+    let stream = stream_in_flight(entry);
 
     let stop = std::thread::spawn({
         let script = root.join("scripts/linux/stop.sh");
         move || run(&mut Command::new(script))
     });
     std::thread::sleep(Duration::from_millis(300));
-    stream.write_all(b" and after").unwrap();
-    stream.shutdown(Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).unwrap();
-    assert_eq!(rest, b" and after");
+    finish_in_flight(stream);
 
     let stopped = stop.join().unwrap();
     assert!(stopped.contains("Agent stopped"), "{stopped}");
@@ -257,21 +270,11 @@ fn stop_file_drains_like_sigterm(backends: Backends) {
     let log = root.join("log/agent.log");
     assert!(read_log(&log).contains("removed a stop file left from an earlier run"));
 
-    let mut stream = TcpStream::connect(("127.0.0.1", entry)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(b"before stop").unwrap();
-    let mut echoed = [0u8; 11];
-    stream.read_exact(&mut echoed).unwrap();
+    let stream = stream_in_flight(entry);
 
     std::fs::write(&stop_file, "").unwrap();
     wait_for_log(&log, "stop file found; draining sessions", LIMIT);
-    stream.write_all(b" and after").unwrap();
-    stream.shutdown(Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).unwrap();
-    assert_eq!(rest, b" and after");
+    finish_in_flight(stream);
 
     let agent = &mut env.agents[0];
     wait_for("the Agent to exit", LIMIT, || !agent.is_running());

@@ -312,6 +312,18 @@ fn backups_expire_after_max_age() {
     }
 }
 
+/// Runs the Agent with `config`, checks that it exits with a failure, and returns its
+/// standard error.
+fn failed_start(config: &Path) -> String {
+    let output = Command::new(AGENT_BIN)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("ipaas-agent must start");
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn invalid_backup_policy_stops_the_agent() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,14 +331,7 @@ fn invalid_backup_policy_stops_the_agent() {
         dir.path(),
         "file: log/agent.log\nmax_size: \"lots\"\nmax_backups: -1\n",
     );
-    let output = Command::new(AGENT_BIN)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("ipaas-agent must start");
-    assert!(!output.status.success());
-
-    let error = String::from_utf8_lossy(&output.stderr);
+    let error = failed_start(&config);
     assert!(error.contains("logger_config.yaml"), "{error}");
     assert!(error.contains("max_size: invalid size `lots`"), "{error}");
     assert!(error.contains("100MiB"), "{error}");
@@ -392,13 +397,7 @@ fn read_only_log_folder_stops_the_agent() {
     };
 
     // The log file takes writes, but the first rotation could not create a new one.
-    let output = Command::new(AGENT_BIN)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("ipaas-agent must start");
-    assert!(!output.status.success());
-    let error = String::from_utf8_lossy(&output.stderr);
+    let error = failed_start(&config);
     assert!(error.contains("logger_config.yaml"), "{error}");
     assert!(
         error.contains(&format!(
