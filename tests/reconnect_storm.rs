@@ -143,7 +143,7 @@ fn storm_through_handshake_cap() {
         "too many handshakes in progress; connection closed",
     );
     // An Agent thread that waits over 50 ms for a CPU between its TCP connect and its
-    // ClientHello looks idle; with 1,000 threads on 2 CPUs that can happen now and then.
+    // ClientHello looks idle. With 1,000 threads on 2 CPUs that can happen now and then.
     let evicted = count_in_log(&server_log, "closed the oldest idle or slow one");
     assert!(
         evicted <= SESSIONS / 20,

@@ -317,8 +317,8 @@ fn lost_agent_resets_entry_connection(backends: Backends) {
     assert_eq!(outcome, Err(std::io::ErrorKind::ConnectionReset));
 }
 
-/// An Agent with 16 shards opens 16 sessions. Whichever Server shard accepts each one, the
-/// Server runs 8 on each of its 2 shards, and streams relay over sessions on both.
+/// Checks that the 16 sessions of a 16-shard Agent run 8 on each of the Server's 2 shards,
+/// whichever shard accepted them, and that streams relay over sessions on both.
 fn sessions_spread_over_server_shards(backends: Backends) {
     let mut env = Env::new(backends);
     env.agent_shards = 16;
@@ -363,8 +363,8 @@ fn sessions_spread_over_server_shards(backends: Backends) {
     );
 }
 
-/// The Agent dials the Server and a private target by DNS name (`localhost`, from the
-/// hosts file), with the lookups on their own threads.
+/// Checks that the Agent dials the Server and a private target by DNS name (`localhost`,
+/// from the hosts file), with the lookups on their own threads.
 fn names_resolve_for_server_and_targets(backends: Backends) {
     let mut env = Env::new(backends);
     env.agent_server_host = "localhost";

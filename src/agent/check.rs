@@ -653,8 +653,8 @@ async fn log_in<R: Runtime>(runtime: &R, agent: &AgentShared) -> Report {
                 config.server_name
             ),
         ),
-        // A Server that sheds load closes the connection before its first TLS record, which
-        // says nothing about the TLS files.
+        // A Server that sheds load closes the connection before its first TLS record, so the
+        // TLS files are not the cause.
         Some(Err(SessionError::PeerClosed)) => {
             report.push(
                 Status::Failed,

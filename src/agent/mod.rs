@@ -161,9 +161,9 @@ const MAX_LOOKUPS: usize = 64;
 
 /// Resolves `endpoint` (DNS names included) to socket addresses.
 ///
-/// The system resolver blocks, so a name is looked up on a thread of its own and the shard
-/// keeps relaying meanwhile. IP literals skip the lookup. When [`MAX_LOOKUPS`] lookups are
-/// running, the call fails at once.
+/// Looks each name up on a thread of its own, because the system resolver blocks, so the
+/// shard keeps relaying meanwhile. IP literals skip the lookup. When [`MAX_LOOKUPS`] lookups
+/// are running, the call fails at once.
 pub(crate) async fn resolve(endpoint: &Endpoint) -> std::io::Result<Vec<SocketAddr>> {
     use std::sync::atomic::Ordering;
 

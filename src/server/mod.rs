@@ -500,7 +500,7 @@ async fn accept_agents<R: Runtime>(shard: Rc<Shard<R>>, listener: R::Listener) {
             .runtime
             .spawn(serve_agent(Rc::clone(&shard), tcp, peer, id, evict).instrument(span));
         // Let the new handshake read its first bytes before the next accept, so that the
-        // cap tells a connection that sent its ClientHello from an idle one.
+        // cap can distinguish a connection that sent its ClientHello from an idle one.
         futures_lite::future::yield_now().await;
     }
 }

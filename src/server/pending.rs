@@ -41,7 +41,7 @@ pub struct PendingHandshakes {
 /// Why [`PendingHandshakes::evict_for_new`] closed a handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Evicted {
-    /// It had sent nothing for [`SILENT_GRACE`].
+    /// It had not sent a whole ClientHello within [`SILENT_GRACE`].
     Silent,
     /// It had run for the spoken grace period without finishing.
     Slow,
